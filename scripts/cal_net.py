@@ -1,0 +1,197 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""
+Counterfactual Attention Learning (CAL) for 3D volumes: bilinear attention pooling (BAP3D), counterfactual
+attention, and the CAL network (backbone + attention maps + BAP3D + linear classifier).
+
+Reference: Rao et al., "Counterfactual Attention Learning for Fine-Grained Visual Categorization and
+Re-identification", ICCV 2021.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import build_backbone
+
+__all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
+
+EPSILON = 1e-6
+COUNTERFACTUALS = ("random", "uniform", "reversed", "shuffle")
+
+
+def signed_sqrt_normalize(x: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
+    """Signed square root ``sign(x) * sqrt(|x| + eps)`` then L2 normalisation over the last dim: (B, K) -> (B, K)."""
+    return F.normalize(torch.sign(x) * torch.sqrt(torch.abs(x) + eps), dim=-1)
+
+
+def counterfactual_attention(attentions: torch.Tensor, kind: str = "random") -> torch.Tensor:
+    """
+    Counterfactual attention maps Ā for ``attentions`` A (B, M, d, h, w), same shape, no gradient.
+
+    - ``random``: uniform in [0, 2) per voxel and map (the seed's and the CAL code's choice);
+    - ``uniform``: every voxel of a map set to that map's spatial mean (no location information);
+    - ``reversed``: ``max(A) - A`` per map, attending where the model does not;
+    - ``shuffle``: another case's maps (the batch rolled by a random non-zero shift); with a batch of one,
+      the voxels of each map are permuted instead.
+    """
+    a = attentions.detach()
+    if kind == "random":
+        return torch.rand_like(a) * 2.0
+    if kind == "uniform":
+        return a.mean(dim=(2, 3, 4), keepdim=True).expand_as(a).contiguous()
+    if kind == "reversed":
+        return a.amax(dim=(2, 3, 4), keepdim=True) - a
+    if kind == "shuffle":
+        b = a.shape[0]
+        if b > 1:
+            shift = int(torch.randint(1, b, (1,)).item())
+            return torch.roll(a, shifts=shift, dims=0)
+        flat = a.flatten(2)
+        return flat.index_select(2, torch.randperm(flat.shape[-1], device=a.device)).view_as(a)
+    raise ValueError("unknown counterfactual '" + kind + "', choose random, uniform, reversed or shuffle.")
+
+
+class BAP3D(nn.Module):
+    """
+    Bilinear attention pooling for 3D feature maps.
+
+    For attention maps A (B, M, d, h, w) and features F (B, C, D, H, W), ``f[m, c]`` pools ``A[m] * F[c]`` over
+    the voxels: the mean (``pool="GAP"``) or the maximum (``pool="GMP"``). A is resized (trilinear) to F's size
+    when they differ. The (B, M*C) result goes through signed square root and L2 normalisation.
+
+    Args:
+        pool: ``"GAP"`` (global average, the default) or ``"GMP"`` (global max).
+        eps: the signed square root's epsilon.
+    """
+
+    def __init__(self, pool: str = "GAP", eps: float = EPSILON) -> None:
+        super().__init__()
+        if pool not in ("GAP", "GMP"):
+            raise ValueError(f"pool must be 'GAP' or 'GMP', got '{pool}'.")
+        self.pool = pool
+        self.eps = eps
+
+    def pool_features(self, features: torch.Tensor, attentions: torch.Tensor) -> torch.Tensor:
+        """Feature matrix of ``features`` (B, C, D, H, W) under ``attentions`` (B, M, d, h, w): (B, M*C)."""
+        b = features.shape[0]
+        if features.shape[2:] != attentions.shape[2:]:
+            attentions = F.interpolate(attentions, size=features.shape[2:], mode="trilinear", align_corners=False)
+        if self.pool == "GAP":
+            n = features.shape[2] * features.shape[3] * features.shape[4]
+            matrix = torch.einsum("bmdhw,bcdhw->bmc", attentions, features) / float(n)
+        else:
+            matrix = (attentions.unsqueeze(2) * features.unsqueeze(1)).amax(dim=(3, 4, 5))
+        return signed_sqrt_normalize(matrix.reshape(b, -1), self.eps)
+
+    def forward(self, features: torch.Tensor, attentions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Returns ``(feature_matrix, counterfactual_feature)``, each (B, M*C). The counterfactual attention is
+        uniform in [0, 2) in training and all ones in eval mode (the seed's behaviour).
+        """
+        if self.training:
+            fake = counterfactual_attention(attentions, "random")
+        else:
+            fake = torch.ones_like(attentions)
+        return self.pool_features(features, attentions), self.pool_features(features, fake)
+
+
+class CALNet(nn.Module):
+    """
+    CAL classifier: backbone feature map F -> M attention maps ``A = conv1x1x1(F)`` -> ``BAP3D(F, A)`` ->
+    ``fc(scale * f)``.
+
+    In ``train()`` mode with ``cal=True`` the forward returns ``{"logits": Y(A), "effect": Y(A) - Y(Ā)}``, Ā being
+    the counterfactual attention (see :func:`counterfactual_attention`); with ``cal=False`` (the baseline: the
+    same network trained with plain cross-entropy) and in ``eval()`` mode it returns the logits (B, num_classes)
+    only, and no counterfactual is computed. :meth:`forward_attention` also returns the attention maps.
+
+    Args:
+        num_classes: number of output classes.
+        in_channels: image channels.
+        spatial_size: the input's spatial size (the ViT needs it).
+        backbone: ``"vit"``, ``"densenet"`` or ``"resnet"`` (see :mod:`scripts.backbones`), or a module with an
+            ``out_channels`` attribute that maps (B, in_channels, D, H, W) to (B, C, d, h, w).
+        backbone_kwargs: constructor arguments of the named backbone.
+        num_attentions: M, the number of attention maps.
+        pool: BAP3D pooling, ``"GAP"`` or ``"GMP"``.
+        cal: train with the counterfactual branch (``False`` gives the baseline).
+        counterfactual: ``"random"``, ``"uniform"``, ``"reversed"`` or ``"shuffle"``.
+        attention_block: ``"conv"`` (the seed's 1x1x1 conv with bias) or ``"conv_bn_relu"`` (the original
+            CAL code's conv without bias + BatchNorm + ReLU, which keeps attention non-negative).
+        scale: the factor applied to the feature matrix before the classifier (100 in the seed and the paper).
+        fc_bias: whether the classifier has a bias (the seed: yes; the original code: no).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 1,
+        spatial_size: Sequence[int] | int = 64,
+        backbone: str | nn.Module = "vit",
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_attentions: int = 32,
+        pool: str = "GAP",
+        cal: bool = True,
+        counterfactual: str = "random",
+        attention_block: str = "conv",
+        scale: float = 100.0,
+        fc_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if counterfactual not in COUNTERFACTUALS:
+            raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
+        if isinstance(backbone, str):
+            backbone = build_backbone(backbone, in_channels, spatial_size, **(backbone_kwargs or {}))
+        self.backbone = backbone
+        channels = int(backbone.out_channels)
+        if attention_block == "conv":
+            self.attention = nn.Sequential(nn.Conv3d(channels, num_attentions, kernel_size=1))
+        elif attention_block == "conv_bn_relu":
+            self.attention = nn.Sequential(
+                nn.Conv3d(channels, num_attentions, kernel_size=1, bias=False),
+                nn.BatchNorm3d(num_attentions),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            raise ValueError(f"attention_block must be 'conv' or 'conv_bn_relu', got '{attention_block}'.")
+        self.bap = BAP3D(pool=pool)
+        self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
+        self.num_classes = num_classes
+        self.num_attentions = num_attentions
+        self.cal = cal
+        self.counterfactual = counterfactual
+        self.scale = scale
+
+    def classify(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of a feature matrix (B, M*C)."""
+        return self.fc(matrix * self.scale)
+
+    @torch.jit.export
+    def forward_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factual logits (B, num_classes) and attention maps (B, M, d, h, w) of images (B, in_channels, D, H, W)."""
+        features = self.backbone(x)
+        attentions = self.attention(features)
+        return self.classify(self.bap.pool_features(features, attentions)), attentions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Images (B, in_channels, D, H, W) -> logits (B, num_classes); in CAL training, a dict (see class doc)."""
+        features = self.backbone(x)
+        attentions = self.attention(features)
+        logits = self.classify(self.bap.pool_features(features, attentions))
+        if not (self.training and self.cal):
+            return logits
+        fake = counterfactual_attention(attentions, self.counterfactual)
+        effect = logits - self.classify(self.bap.pool_features(features, fake))
+        return {"logits": logits, "effect": effect}
+
+
+def factual_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    """The factual logits of a network output, whether the plain tensor (eval, baseline) or CAL's training dict."""
+    return output["logits"] if isinstance(output, dict) else output

@@ -1,0 +1,146 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""Event handlers that write what a user opens after evaluation or inference: per-case CSV and metrics JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.data import decollate_batch
+from monai.utils import evenly_divisible_all_gather, min_version, optional_import, string_list_all_gather
+
+from .metrics import classification_metrics
+
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = ["case_name", "ClassificationReport"]
+
+_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".npy", ".npz", ".dcm", ".png")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """Case identifier from an image path: the file name without its image suffix."""
+    name = Path(str(path)).name
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class ClassificationReport:
+    """
+    Collects every case's class probabilities (and true label, when the data has one) during an evaluation
+    run and, when the run's epoch completes, writes in ``output_dir`` (rank 0 only, results gathered across
+    ranks):
+
+    - ``predictions_file``: one row per case with ``case``, ``image``, ``label``/``label_name`` (if known),
+      ``pred``/``pred_name`` and ``prob_<class name>`` per class;
+    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON.
+
+    Args:
+        output_dir: folder of the files, created when missing.
+        class_names: names of the classes, in index order.
+        predictions_file: CSV file name.
+        metrics_file: JSON file name, or None to skip the metrics.
+        pred_key: key of the probabilities (C,) in the engine's output (after post-processing).
+        label_key: key of the true class index in the engine's output.
+        image_key: key of the image, whose ``filename_or_obj`` meta names the case.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        predictions_file: str = "predictions.csv",
+        metrics_file: str | None = "metrics.json",
+        pred_key: str = "pred",
+        label_key: str = "label",
+        image_key: str = "image",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.predictions_file = predictions_file
+        self.metrics_file = metrics_file
+        self.pred_key = pred_key
+        self.label_key = label_key
+        self.image_key = image_key
+        self.logger = logging.getLogger(self.__class__.__name__)
+        self.metrics: dict[str, Any] | None = None
+        self._reset()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self) -> None:
+        self._images: list[str] = []
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[int] = []
+
+    def _collect(self, engine: Engine) -> None:
+        items = engine.state.output
+        if isinstance(items, dict):
+            items = decollate_batch(items)
+        for item in items:
+            image = item.get(self.image_key)
+            meta = getattr(image, "meta", {})
+            self._images.append(str(meta.get("filename_or_obj", f"case_{len(self._images)}")))
+            self._probs.append(torch.as_tensor(item[self.pred_key]).detach().float().reshape(-1).cpu())
+            label = item.get(self.label_key)
+            self._labels.append(-1 if label is None else int(torch.as_tensor(label).reshape(-1)[0]))
+
+    def _gather(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        num_classes = len(self.class_names)
+        probs = torch.stack(self._probs) if self._probs else torch.zeros(0, num_classes)
+        labels = torch.as_tensor(self._labels, dtype=torch.long)
+        images = string_list_all_gather(self._images)
+        probs = evenly_divisible_all_gather(probs, concat=True)
+        labels = evenly_divisible_all_gather(labels, concat=True)
+        return images, probs, labels
+
+    def _write(self, engine: Engine) -> None:
+        images, probs, labels = self._gather()
+        if _rank() != 0:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        has_labels = labels.numel() > 0 and bool((labels >= 0).all())
+        names = self.class_names
+        header = ["case", "image"] + (["label", "label_name"] if has_labels else []) + ["pred", "pred_name"]
+        header += [f"prob_{name}" for name in names]
+        with open(self.output_dir / self.predictions_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for image, prob, label in zip(images, probs, labels):
+                pred = int(prob.argmax())
+                row: list[Any] = [case_name(image), image]
+                row += [int(label), names[int(label)]] if has_labels else []
+                row += [pred, names[pred]] + [f"{p:.6f}" for p in prob.tolist()]
+                writer.writerow(row)
+        self.logger.info(f"wrote {len(images)} predictions to {self.output_dir / self.predictions_file}")
+        if has_labels and self.metrics_file:
+            self.metrics = classification_metrics(probs, labels, names)
+            (self.output_dir / self.metrics_file).write_text(json.dumps(self.metrics, indent=2))
+            summary = ", ".join(
+                f"{k}={self.metrics[k]:.4f}"
+                for k in ("accuracy", "f1_macro", "auc_macro")
+                if self.metrics[k] is not None
+            )
+            self.logger.info(f"test metrics ({self.metrics['num_cases']} cases): {summary}")

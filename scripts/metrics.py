@@ -1,0 +1,70 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""Classification metrics of a whole evaluation, overall and per class, from MONAI's metric functions."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
+from monai.networks.utils import one_hot
+
+__all__ = ["classification_metrics"]
+
+
+def _clean(value: float) -> float | None:
+    """A float for JSON: NaN (a metric undefined for the data, e.g. AUC of a class with no case) becomes None."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """
+    Accuracy, balanced accuracy, macro F1 and macro one-vs-rest ROC AUC, per-class precision, recall, F1, AUC
+    and support, and the confusion matrix (rows: true class, columns: predicted class).
+
+    Args:
+        probs: class probabilities (N, C).
+        labels: true class indices (N,).
+        class_names: C names, the keys of the per-class results.
+    """
+    probs = probs.detach().float().cpu()
+    labels = labels.detach().reshape(-1).long().cpu()
+    num_classes = probs.shape[1]
+    preds = probs.argmax(dim=1)
+    y = one_hot(labels[:, None], num_classes, dim=1)
+    y_hat = one_hot(preds[:, None], num_classes, dim=1)
+    counts = get_confusion_matrix(y_hat, y).sum(dim=0)  # (C, 4): tp, fp, tn, fn per class
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes without a positive or negative case give NaN, reported as null
+        precision = compute_confusion_matrix_metric("precision", counts)
+        recall = compute_confusion_matrix_metric("sensitivity", counts)
+        f1 = compute_confusion_matrix_metric("f1 score", counts)
+        auc = torch.as_tensor(compute_roc_auc(probs, y, average="none"), dtype=torch.float)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    support = matrix.sum(dim=1)
+    present = support > 0
+    return {
+        "num_cases": int(labels.numel()),
+        "accuracy": _clean((preds == labels).float().mean()),
+        "balanced_accuracy": _clean(recall[present].mean()),
+        "f1_macro": _clean(torch.nan_to_num(f1, nan=0.0)[present].mean()),
+        "auc_macro": _clean(auc[present & ~auc.isnan()].mean()),
+        "per_class": {
+            name: {
+                "precision": _clean(precision[i]),
+                "recall": _clean(recall[i]),
+                "f1": _clean(f1[i]),
+                "auc": _clean(auc[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "class_names": list(class_names),
+        "confusion_matrix": matrix.tolist(),
+    }

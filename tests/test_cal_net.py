@@ -1,0 +1,203 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scripts.cal_net as cal_net
+from scripts.cal_net import BAP3D, COUNTERFACTUALS, CALNet, counterfactual_attention, factual_logits
+
+TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
+TINY_BACKBONES = {
+    "vit": (TINY_VIT, 16),
+    "resnet": ({"depth": 10, "widen_factor": 0.125, "conv1_t_stride": 1, "no_max_pool": True}, 16),
+    "densenet": ({"depth": 121, "growth_rate": 4, "init_features": 8, "bn_size": 2}, 32),
+}
+
+
+def reference_bap(features: torch.Tensor, attentions: torch.Tensor, pool: str, eps: float = 1e-6) -> torch.Tensor:
+    """BAP written out loop by loop, as DESIGN.md states it, to check the vectorised module against."""
+    b, c = features.shape[:2]
+    m = attentions.shape[1]
+    if attentions.shape[2:] != features.shape[2:]:
+        attentions = F.interpolate(attentions, size=features.shape[2:], mode="trilinear", align_corners=False)
+    out = torch.zeros(b, m * c, dtype=features.dtype)
+    for i in range(b):
+        for j in range(m):
+            for k in range(c):
+                product = attentions[i, j] * features[i, k]
+                out[i, j * c + k] = product.mean() if pool == "GAP" else product.max()
+    out = torch.sign(out) * torch.sqrt(out.abs() + eps)
+    return out / out.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("pool", ["GAP", "GMP"])
+@pytest.mark.parametrize("attention_size", [(3, 4, 5), (2, 2, 3)])
+def test_bap3d_matches_reference(pool, attention_size):
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 3, 4, 5, dtype=torch.float64)
+    attentions = torch.rand(2, 3, *attention_size, dtype=torch.float64)
+    bap = BAP3D(pool=pool).eval()
+    matrix, counterfactual = bap(features, attentions)
+    assert matrix.shape == counterfactual.shape == (2, 15)
+    torch.testing.assert_close(matrix, reference_bap(features, attentions, pool))
+    # eval mode: the counterfactual attention is all ones
+    torch.testing.assert_close(counterfactual, reference_bap(features, torch.ones_like(attentions), pool))
+    torch.testing.assert_close(matrix.norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+def test_bap3d_counterfactual_is_random_in_training():
+    torch.manual_seed(0)
+    features, attentions = torch.randn(2, 4, 2, 2, 2), torch.rand(2, 3, 2, 2, 2)
+    bap = BAP3D().train()
+    first, cf1 = bap(features, attentions)
+    second, cf2 = bap(features, attentions)
+    torch.testing.assert_close(first, second)  # the factual matrix is deterministic
+    assert not torch.allclose(cf1, cf2)  # a new random attention each call
+    ones = bap.pool_features(features, torch.ones_like(attentions))
+    assert not torch.allclose(cf1, ones)
+
+
+def test_bap3d_rejects_unknown_pool():
+    with pytest.raises(ValueError, match="GAP"):
+        BAP3D(pool="mean")
+
+
+@pytest.mark.parametrize("kind", COUNTERFACTUALS)
+def test_counterfactual_kinds(kind):
+    torch.manual_seed(0)
+    attentions = torch.rand(3, 2, 2, 3, 4, requires_grad=True)
+    fake = counterfactual_attention(attentions, kind)
+    assert fake.shape == attentions.shape
+    assert not fake.requires_grad  # an intervention, not a path for gradients
+    a = attentions.detach()
+    if kind == "random":
+        assert fake.min() >= 0 and fake.max() < 2
+    elif kind == "uniform":
+        torch.testing.assert_close(fake, a.mean(dim=(2, 3, 4), keepdim=True).expand_as(a))
+    elif kind == "reversed":
+        torch.testing.assert_close(fake, a.amax(dim=(2, 3, 4), keepdim=True) - a)
+    else:  # shuffle: every case receives another case's maps
+        assert all(not torch.equal(fake[i], a[i]) for i in range(3))
+        assert sorted(fake.sum(dim=(1, 2, 3, 4)).tolist()) == pytest.approx(sorted(a.sum(dim=(1, 2, 3, 4)).tolist()))
+
+
+def test_shuffle_with_a_batch_of_one_permutes_voxels():
+    torch.manual_seed(0)
+    attentions = torch.rand(1, 2, 3, 3, 3)
+    fake = counterfactual_attention(attentions, "shuffle")
+    torch.testing.assert_close(fake.flatten(2).sort(dim=2).values, attentions.flatten(2).sort(dim=2).values)
+    assert not torch.equal(fake, attentions)
+
+
+def test_unknown_counterfactual_is_rejected():
+    with pytest.raises(ValueError, match="counterfactual"):
+        CALNet(num_classes=2, spatial_size=16, backbone_kwargs=TINY_VIT, counterfactual="mirror")
+
+
+def tiny_net(**kwargs) -> CALNet:
+    torch.manual_seed(0)
+    args = {"num_classes": 3, "spatial_size": 16, "backbone": "vit", "backbone_kwargs": TINY_VIT, "num_attentions": 4}
+    return CALNet(**{**args, **kwargs})
+
+
+def test_train_mode_returns_factual_and_effect_logits():
+    net = tiny_net().train()
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = net(x)
+    assert set(out) == {"logits", "effect"}
+    assert out["logits"].shape == out["effect"].shape == (2, 3)
+    # the effect is Y(A) - Y(Ā): recompute Y(Ā) from the same features with the same random draw
+    torch.manual_seed(1)
+    out = net(x)
+    features = net.backbone(x)
+    attentions = net.attention(features)
+    torch.manual_seed(1)
+    fake = counterfactual_attention(attentions, "random")
+    expected = out["logits"] - net.classify(net.bap.pool_features(features, fake))
+    torch.testing.assert_close(out["effect"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_mode_returns_logits_and_computes_no_counterfactual(monkeypatch):
+    net = tiny_net().eval()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the counterfactual branch ran at inference")
+
+    monkeypatch.setattr(cal_net, "counterfactual_attention", forbidden)
+    x = torch.randn(2, 1, 16, 16, 16)
+    logits = net(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+    torch.testing.assert_close(net(x), logits)  # deterministic
+    again, attentions = net.forward_attention(x)
+    torch.testing.assert_close(again, logits)
+    assert attentions.shape == (2, 4, 4, 4, 4)
+
+
+def test_cal_off_is_the_plain_baseline():
+    net = tiny_net(cal=False).train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    torch.testing.assert_close(factual_logits(out), out)
+
+
+def test_gradients_reach_backbone_and_attention():
+    net = tiny_net().train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    (out["logits"].sum() + out["effect"].square().sum()).backward()
+    for name in ("backbone", "attention", "fc"):
+        # MONAI's transformer block holds a cross-attention norm that a plain ViT never uses
+        grads = {n: p.grad for n, p in getattr(net, name).named_parameters() if "cross_attn" not in n}
+        assert grads and all(g is not None for g in grads.values()), name
+        assert sum(float(g.abs().sum()) for g in grads.values()) > 0, name
+
+
+def test_effect_gradient_reaches_attention_conv():
+    """The effect term alone trains the attention: its gradient w.r.t. the attention conv is non-zero."""
+    net = tiny_net().train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    F.cross_entropy(out["effect"], torch.tensor([0, 1])).backward()
+    assert float(net.attention[0].weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BACKBONES))
+@pytest.mark.parametrize("attention_block", ["conv", "conv_bn_relu"])
+def test_backbones_train_and_eval(name, attention_block):
+    kwargs, size = TINY_BACKBONES[name]
+    net = tiny_net(backbone=name, backbone_kwargs=kwargs, spatial_size=size, attention_block=attention_block)
+    x = torch.randn(2, 1, size, size, size)
+    out = net.train()(x)
+    assert out["logits"].shape == (2, 3)
+    net.eval()
+    logits, attentions = net.forward_attention(x)
+    assert logits.shape == (2, 3) and attentions.shape[:2] == (2, 4)
+    if attention_block == "conv_bn_relu":
+        assert attentions.min() >= 0
+
+
+def test_gmp_network_trains():
+    net = tiny_net(pool="GMP").train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    out["effect"].sum().backward()
+    assert net.attention[0].weight.grad is not None
+
+
+def test_vit_rejects_indivisible_patch():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_net(backbone_kwargs={**TINY_VIT, "patch_size": 5})
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        tiny_net(backbone="vgg")
+
+
+def test_torchscript_matches_eager_in_eval():
+    net = tiny_net().eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(scripted(x), net(x))
+    torch.testing.assert_close(scripted.forward_attention(x)[1], net.forward_attention(x)[1])

@@ -1,0 +1,85 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""The configs parse, expose the ids MONAI's tools and MONAI Label rely on, and the metadata is valid."""
+
+from __future__ import annotations
+
+import filecmp
+
+import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from tests.conftest import ROOT, SHARED, run_bundle
+
+CONFIGS = ROOT / "configs"
+TRAIN = str(CONFIGS / "train.json")
+EVALUATE = [TRAIN, str(CONFIGS / "evaluate.json")]
+INFERENCE = str(CONFIGS / "inference.json")
+META = str(CONFIGS / "metadata.json")
+
+
+def test_layout():
+    for path in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/logging.conf",
+                 "configs/metadata.json", "metadata.json", "docs/README.md", "README.md", "LICENSE",
+                 "scripts/__init__.py", "scripts/cal_net.py", "models", ".ci/run"):  # fmt: skip
+        assert (ROOT / path).exists(), path
+
+
+def test_top_level_metadata_is_identical():
+    assert filecmp.cmp(ROOT / "metadata.json", CONFIGS / "metadata.json", shallow=False)
+
+
+@pytest.mark.parametrize("files", [TRAIN, EVALUATE, INFERENCE], ids=["train", "evaluate", "inference"])
+def test_config_parses_and_builds_network(files, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(ROOT)
+    parser.parse()
+    net = parser.get_parsed_content("network_def")
+    assert net.num_classes == parser["num_classes"]
+
+
+@pytest.mark.parametrize(
+    "files, workflow_type",
+    [(TRAIN, "train"), (EVALUATE, "infer"), (INFERENCE, "infer")],
+    ids=["train", "eval", "infer"],
+)
+def test_workflow_properties(files, workflow_type):
+    workflow = ConfigWorkflow(config_file=files, meta_file=META, workflow_type=workflow_type)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_evaluate_and_multi_value_overrides_are_config_values():
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    for key in ("backbone", "num_attentions", "num_classes", "cal", "factual_weight", "effect_weight",
+                "counterfactual", "epochs", "learning_rate", "batch_size", "spatial_size", "dataset_dir", "seed",
+                "val_key_metric"):  # fmt: skip
+        assert key in parser, key
+    assert parser["train"]["trainer"]["max_epochs"] == "@epochs"
+
+
+def test_inference_exposes_monai_label_ids():
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "dataset_dir", "device", "bundle_root"):
+        assert key in parser, key
+
+
+def test_inference_matches_training_network():
+    """inference.json builds the same network as train.json by default, so a trained model.pt loads."""
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config(TRAIN)
+    infer.read_config(INFERENCE)
+    for p in (train, infer):
+        p["bundle_root"] = str(ROOT)
+    a, b = train.get_parsed_content("network_def"), infer.get_parsed_content("network_def")
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(a.state_dict()[k].shape == b.state_dict()[k].shape for k in a.state_dict())
+
+
+@pytest.mark.skipif(not (SHARED / "schemas").is_dir(), reason="../shared/schemas (the offline metadata schema) absent")
+def test_verify_metadata_offline():
+    run_bundle("verify_metadata", "--meta_file", META, "--filepath", str(SHARED / "schemas/meta_schema_20240725.json"))

@@ -1,0 +1,96 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.data import (
+    SYNTHETIC_CLASSES,
+    class_names,
+    ensure_datalist,
+    generate_synthetic_dataset,
+    inference_items,
+    load_split,
+    synthetic_case,
+)
+
+
+@pytest.mark.parametrize("label", range(len(SYNTHETIC_CLASSES)))
+def test_synthetic_case_is_deterministic_and_masked(label):
+    image, mask = synthetic_case(np.random.default_rng(3), label, size=24)
+    again, mask_again = synthetic_case(np.random.default_rng(3), label, size=24)
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(mask, mask_again)
+    assert image.shape == mask.shape == (24, 24, 24) and image.dtype == np.float32
+    assert 50 < mask.sum() < 24**3 / 4  # one small structure
+    # the structure's brightest voxels (>= 0.9 before noise) lie inside its mask
+    assert image[mask > 0].max() > image[mask == 0].max() - 0.2
+
+
+def test_classes_differ_inside_the_mask_only_by_their_filling():
+    rng = np.random.default_rng(0)
+    fractions = []
+    for label in range(len(SYNTHETIC_CLASSES)):
+        image, mask = synthetic_case(rng, label, size=32)
+        fractions.append(float((image[mask > 0] > 0.8).mean()))
+    solid, hollow, striped, checkered = fractions
+    assert solid > 0.9 and hollow < 0.85 and 0.2 < striped < 0.8 and 0.2 < checkered < 0.8
+
+
+def test_generate_dataset_layout_and_determinism(tmp_path):
+    first = generate_synthetic_dataset(tmp_path / "a", size=12, num_cases=(8, 4, 4), seed=1)
+    second = generate_synthetic_dataset(tmp_path / "b", size=12, num_cases=(8, 4, 4), seed=1)
+    datalist = json.loads(first.read_text())
+    assert [len(datalist[s]) for s in ("training", "validation", "test")] == [8, 4, 4]
+    assert {item["label"] for item in datalist["training"]} == set(range(len(SYNTHETIC_CLASSES)))
+    item = datalist["test"][0]
+    img_a, img_b = nib.load(first.parent / item["image"]), nib.load(second.parent / item["image"])
+    np.testing.assert_array_equal(img_a.get_fdata(), img_b.get_fdata())
+    assert img_a.shape == (12, 12, 12)
+    np.testing.assert_allclose(np.diag(img_a.affine)[:3], [1.5, 1.5, 1.5])
+    assert nib.load(first.parent / item["mask"]).get_fdata().sum() > 0
+    assert not list(tmp_path.glob(".a-*"))  # the temporary build folder is gone
+
+
+def test_ensure_datalist_generates_into_empty_or_missing_folder(tmp_path):
+    path = ensure_datalist(tmp_path / "new", size=8, num_cases=(4, 4, 4))
+    assert path.endswith("datalist.json")
+    assert ensure_datalist(tmp_path / "new") == path  # found, not regenerated
+    (tmp_path / "empty").mkdir()
+    assert ensure_datalist(tmp_path / "empty", size=8, num_cases=(4, 4, 4)).endswith("datalist.json")
+
+
+def test_ensure_datalist_refuses_a_folder_of_someone_elses_files(tmp_path):
+    (tmp_path / "scan.nii.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="holds files but no 'datalist.json'"):
+        ensure_datalist(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]  # nothing written
+
+
+def test_load_split_resolves_paths(tiny_dataset):
+    items = load_split(tiny_dataset / "datalist.json", "validation")
+    assert len(items) == 8
+    assert items[0]["image"].startswith(str(tiny_dataset)) and items[0]["mask"].startswith(str(tiny_dataset))
+    assert class_names(tiny_dataset / "datalist.json", 4) == list(SYNTHETIC_CLASSES)
+
+
+def test_class_names_fall_back_to_indices(tmp_path):
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": []}))
+    assert class_names(tmp_path / "datalist.json", 2) == ["class_0", "class_1"]
+
+
+def test_inference_items_from_datalist_folder_and_file(tiny_dataset, tmp_path):
+    assert len(inference_items(tiny_dataset)) == 8
+    assert len(inference_items(tiny_dataset / "datalist.json", "training")) == 16
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("b.nii.gz", "a.nii", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert [item["image"] for item in inference_items(folder)] == [str(folder / "a.nii"), str(folder / "b.nii.gz")]
+    with pytest.raises(FileNotFoundError, match="no input found"):
+        inference_items(tmp_path / "nothing")
