@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ckpt_export
 
 from scripts.data import synthetic_case
 from tests.conftest import ROOT
@@ -80,8 +80,12 @@ def _post_file(url: str, path: Path, timeout: float = 120) -> dict:
         return json.loads(response.read())
 
 
-def _bundle_copy(folder: Path) -> Path:
-    """The bundle's configs and scripts with tiny random weights of inference.json's network in models/model.pt."""
+def _bundle_copy(folder: Path, weights: str) -> tuple[Path, Path]:
+    """
+    The bundle's configs and scripts with random weights of inference.json's network, as ``models/model.pt`` or, for
+    ``weights="ts"``, only as ``models/model.ts`` exported by the model zoo's ``ckpt_export``. Returns the bundle and
+    the checkpoint (state dict) of its weights.
+    """
     bundle = folder / MODEL
     (bundle / "models").mkdir(parents=True)
     for name in ("configs", "scripts"):
@@ -90,21 +94,31 @@ def _bundle_copy(folder: Path) -> Path:
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser["bundle_root"] = str(ROOT)
     torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
-    return bundle
+    checkpoint = folder / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
+    if weights == "pt":
+        shutil.copy(checkpoint, bundle / "models" / "model.pt")
+    else:
+        ckpt_export(
+            net_id="network_def", filepath=str(bundle / "models" / "model.ts"), ckpt_file=str(checkpoint),
+            meta_file=str(ROOT / "configs" / "metadata.json"), config_file=str(ROOT / "configs" / "inference.json"),
+            bundle_root=str(ROOT),
+        )  # fmt: skip
+    return bundle, checkpoint
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A MONAI Label server with the bundle's app and a copy of the bundle; stopped after the module's tests."""
+@pytest.fixture(scope="module", params=["pt", "ts"], ids=["model.pt", "model.ts"])
+def server(request, tmp_path_factory):
+    """A MONAI Label server with the bundle's app and a copy of the bundle whose weights are ``models/model.pt`` or
+    only ``models/model.ts``; stopped after the tests that use it."""
     python = _monailabel_python()
     if python is None:
         pytest.skip(
             "monailabel is not installed: create its environment as .ci/run does (README, 'Serve the bundle with "
             "MONAI Label') or set MONAILABEL_PYTHON to a Python that imports monailabel"
         )
-    tmp = tmp_path_factory.mktemp("monailabel")
-    bundle = _bundle_copy(tmp)
+    tmp = tmp_path_factory.mktemp(f"monailabel_{request.param}")
+    bundle, checkpoint = _bundle_copy(tmp, request.param)
     app = tmp / "app"  # MONAI Label writes logs and folders into its app directory: use a copy
     app.mkdir()
     shutil.copy(ROOT / "scripts" / "monailabel_app" / "main.py", app / "main.py")
@@ -130,7 +144,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"MONAI Label not up in {STARTUP_TIMEOUT_S} s:\n{(tmp / 'server.log').read_text()[-4000:]}")
             time.sleep(1)
-        yield {"url": url, "bundle": bundle, "dir": tmp}
+        yield {"url": url, "checkpoint": checkpoint, "dir": tmp}
     finally:
         proc.terminate()
         try:
@@ -146,13 +160,13 @@ def _class_names() -> list[str]:
     return [channels["channel_def"][str(i)] for i in range(len(channels["channel_def"]))]
 
 
-def _expected_probabilities(bundle: Path, image: Path) -> np.ndarray:
+def _expected_probabilities(checkpoint: Path, image: Path) -> np.ndarray:
     """The bundle's preprocessing, network and softmax, in this process."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     parser["bundle_root"] = str(ROOT)
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(checkpoint, weights_only=True))
     data = parser.get_parsed_content("preprocessing")({"image": str(image)})
     with torch.no_grad():
         return torch.softmax(net.eval()(data["image"][None].as_tensor()), dim=1)[0].numpy()
@@ -184,7 +198,7 @@ def test_infer_returns_class_and_probabilities_for_a_volume(server, volume):
     assert answer["class_index"] == int(probs.argmax()) and answer["class_name"] == names[answer["class_index"]]
     assert [(p["idx"], p["label"]) for p in answer["prediction"]] == [(i, n.lower()) for i, n in enumerate(names)]
     np.testing.assert_allclose([p["score"] for p in answer["prediction"]], probs, atol=1e-6)
-    np.testing.assert_allclose(probs, _expected_probabilities(server["bundle"], volume), atol=1e-4)
+    np.testing.assert_allclose(probs, _expected_probabilities(server["checkpoint"], volume), atol=1e-4)
 
 
 def test_unknown_model_is_an_error(server, volume):
