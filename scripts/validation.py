@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -234,10 +235,9 @@ def validate_items(
     """
     Check the items of one split and add their problems to ``report``. Image paths are resolved against
     ``base_dir`` when given (datalist paths are relative to the datalist's folder). ``seen`` maps file paths and
-    voxel digests to the case that first had them, across splits, to find duplicates. Returns one
-    :class:`ImageCheck` per item (None for an item without an image entry).
+    voxel digests to the case that first had them, across splits, to find duplicates (None: no duplicate check).
+    Returns one :class:`ImageCheck` per item (None for an item without an image entry).
     """
-    seen = {} if seen is None else seen
     report.num_cases += len(items)
 
     def image_of(item: Mapping) -> Any:
@@ -249,11 +249,15 @@ def validate_items(
         return paths[0] if isinstance(image, (str, os.PathLike)) else paths
 
     images = [image_of(item) for item in items]
-    loader = LoadImage(image_only=True, ensure_channel_first=True)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    local = threading.local()  # one loader per thread
 
     def check(image: Any) -> ImageCheck | None:
-        return None if image is None else check_image(image, in_channels=in_channels, loader=loader)
+        if image is None:
+            return None
+        if not hasattr(local, "loader"):
+            local.loader = LoadImage(image_only=True, ensure_channel_first=True)
+        return check_image(image, in_channels=in_channels, loader=local.loader)
 
     if workers > 1 and len(images) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -273,12 +277,13 @@ def validate_items(
         else:
             problems += result.problems
             report.warnings += [f"{where} '{name}': {w}" for w in result.warnings]
-            for key in [str(image)] + ([f"voxels:{result.digest}"] if result.digest else []):
+            keys = [str(image)] + ([f"voxels:{result.digest}"] if result.digest else [])
+            for key in keys if seen is not None else []:
                 if key in seen:
                     what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
                     problems.append((f"{what} {seen[key]}", _FIX_DUPLICATE))
                     break
-            for key in [str(image)] + ([f"voxels:{result.digest}"] if result.digest else []):
+            for key in keys if seen is not None else []:
                 seen.setdefault(key, f"{where} '{name}'")
         if labelled:
             if label_key not in item:
@@ -399,19 +404,21 @@ def screen_items(
     items: Sequence[Mapping],
     in_channels: int = 1,
     enabled: bool = True,
+    tabular_length: int | None = None,
     image_key: str = "image",
     num_workers: int | None = None,
 ) -> Screening:
     """
-    Check inference items (images only: no labels needed) and keep the good ones, so that a bad case does not stop
-    the others. Each failed case becomes ``{"case", "image", "error"}``; the error names the reason and the fix.
+    Check inference items (images only: no labels, and the same image twice is allowed) and keep the good ones, so
+    that a bad case does not stop the others. Each failed case becomes ``{"case", "image", "error"}``; the error
+    names the reason and the fix. With ``tabular_length`` set, each item's ``"tabular"`` vector is checked too.
     """
     if not enabled:
         return Screening(good=[dict(i) for i in items])
     report = ValidationReport(source="inference input")
     checks = validate_items(
-        items, "input", report, in_channels=in_channels, labelled=False, image_key=image_key, seen={},
-        num_workers=num_workers,
+        items, "input", report, in_channels=in_channels, labelled=False, tabular_length=tabular_length,
+        image_key=image_key, seen=None, num_workers=num_workers,
     )  # fmt: skip
     bad: dict[int, list[str]] = {}
     for problem in report.errors:

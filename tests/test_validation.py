@@ -233,9 +233,10 @@ def test_screen_items_keeps_the_good_cases(data):
     _nifti(data / "images" / "case3.nii.gz", _volume(3, (8, 8)))
     items = [{"image": str(p)} for p in sorted((data / "images").glob("*.nii.gz"))]
     items.append({"image": str(data / "images" / "gone.nii.gz")})
+    items.append({"image": str(data / "images" / "case0.nii.gz")})  # the same scan twice is fine at inference
     screening = screen_items(items)
     assert [Path(i["image"]).name for i in screening.good] == [
-        f"case{i}.nii.gz" for i in (0, 10, 11, 2, 4, 5, 6, 7, 8, 9)
+        f"case{i}.nii.gz" for i in (0, 10, 11, 2, 4, 5, 6, 7, 8, 9, 0)
     ]
     assert [(row["case"], row["error"].split(" (")[0]) for row in screening.failed] == [
         ("case1", "unreadable image"),
@@ -244,6 +245,8 @@ def test_screen_items_keeps_the_good_cases(data):
     ]
     assert all("Fix: " in row["error"] for row in screening.failed)
     assert len(screen_items(items, enabled=False).good) == len(items)
+    tabular = [{"image": str(data / "images" / "case0.nii.gz"), "tabular": [1.0]}]
+    assert "'tabular' has 1 values, expected 2" in screen_items(tabular, tabular_length=2).failed[0]["error"]
 
 
 def test_exit_if_failed_writes_the_errors_file(tmp_path, data):
