@@ -62,6 +62,9 @@ class ClassificationReport:
         pred_key: key of the probabilities (C,) in the engine's output (after post-processing).
         label_key: key of the true class index in the engine's output.
         image_key: key of the image, whose ``filename_or_obj`` meta names the case.
+        failed: cases that could not be run (``{"case", "image", "error"}`` each, e.g. from
+            :func:`scripts.validation.screen_items`); when given, the CSV gets an ``error`` column, empty for the
+            cases that ran, and one row per failed case after them.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class ClassificationReport:
         pred_key: str = "pred",
         label_key: str = "label",
         image_key: str = "image",
+        failed: Sequence[dict[str, str]] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -81,6 +85,7 @@ class ClassificationReport:
         self.pred_key = pred_key
         self.label_key = label_key
         self.image_key = image_key
+        self.failed = None if failed is None else [dict(row) for row in failed]
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()
@@ -125,6 +130,7 @@ class ClassificationReport:
         names = self.class_names
         header = ["case", "image"] + (["label", "label_name"] if has_labels else []) + ["pred", "pred_name"]
         header += [f"prob_{name}" for name in names]
+        header += ["error"] if self.failed is not None else []
         with open(self.output_dir / self.predictions_file, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -133,7 +139,10 @@ class ClassificationReport:
                 row: list[Any] = [case_name(image), image]
                 row += [int(label), names[int(label)]] if has_labels else []
                 row += [pred, names[pred]] + [f"{p:.6f}" for p in prob.tolist()]
-                writer.writerow(row)
+                writer.writerow(row + ([""] if self.failed is not None else []))
+            for failed in self.failed or []:
+                blanks = [""] * (len(header) - 3)
+                writer.writerow([failed.get("case", ""), failed.get("image", "")] + blanks + [failed.get("error", "")])
         self.logger.info(f"wrote {len(images)} predictions to {self.output_dir / self.predictions_file}")
         if has_labels and self.metrics_file:
             self.metrics = classification_metrics(probs, labels, names)
