@@ -19,9 +19,9 @@ CAL, ...), the median
   (``train#dataloader``), over real training steps of the CAL network;
 - samples per second (training and inference, on the fixed batch).
 
-It prints a short table (stderr) and JSON (stdout); targets: training step ratio <= 1.05, inference ratio <= 1.02,
-peak memory ratio <= 1.05, data wait < 5% of a step. ``--profile DIR`` writes a torch.profiler table per network and
-step, and lists in the JSON the operators whose self time CAL increases most.
+It prints a Markdown table (stderr) and JSON (stdout); targets: training step ratio <= 1.05, inference ratio <=
+1.02, peak memory ratio <= 1.05, data wait < 5% of a step. ``--profile DIR`` writes a torch.profiler table per
+network and step, and lists in the JSON the operators whose self time CAL increases most.
 
 Examples::
 
@@ -183,7 +183,7 @@ def _operator_times(fn: Callable[[], Any], device: torch.device) -> tuple[Any, d
         _sync(device)
     averages = prof.key_averages()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return averages, {a.key: getattr(a, key) / 1000.0 for a in averages}  # ms
+    return averages, {a.key: (getattr(a, key) / 1000.0, a.count) for a in averages}  # (ms, calls)
 
 
 def _bundle_parser(config_file: str, overrides: dict[str, Any]) -> ConfigParser:
@@ -300,42 +300,59 @@ def benchmark_backbone(
 
 
 def _profile(backbone: str, train_step: Callable, infer: Callable, device: torch.device, out: Path) -> dict:
-    """Operator tables of one training step and one inference per variant; the operators CAL slows down most."""
+    """
+    Operator tables of one training step and one inference per variant, and what CAL adds: the operators whose
+    self time grows most, and the operators CAL calls more often than the baseline (none means the same work).
+    """
     out.mkdir(parents=True, exist_ok=True)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     summary: dict[str, Any] = {"tables": []}
     for stage, fn in (("train", train_step), ("inference", infer)):
-        times = {}
+        ops = {}
         for variant in VARIANTS:
-            averages, times[variant] = _operator_times(lambda v=variant: fn(v), device)
+            averages, ops[variant] = _operator_times(lambda v=variant: fn(v), device)
             path = out / f"{backbone}_{variant}_{stage}.txt"
             path.write_text(averages.table(sort_by=sort, row_limit=30))
             summary["tables"].append(str(path))
-        extra = {op: times["cal"].get(op, 0.0) - times["baseline"].get(op, 0.0) for op in times["cal"]}
-        summary[f"{stage}_total_ms"] = {v: sum(times[v].values()) for v in VARIANTS}
-        summary[f"{stage}_cal_extra_ms_by_operator"] = dict(sorted(extra.items(), key=lambda kv: -kv[1])[:8])
+        cal, base = ops["cal"], ops["baseline"]
+        extra_ms = {op: cal[op][0] - base.get(op, (0.0, 0))[0] for op in cal}
+        extra_calls = {op: cal.get(op, (0, 0))[1] - base.get(op, (0, 0))[1] for op in set(cal) | set(base)}
+        summary[f"{stage}_total_ms"] = {v: sum(ms for ms, _ in ops[v].values()) for v in VARIANTS}
+        summary[f"{stage}_cal_extra_ms_by_operator"] = dict(sorted(extra_ms.items(), key=lambda kv: -kv[1])[:8])
+        summary[f"{stage}_cal_extra_calls"] = {op: n for op, n in sorted(extra_calls.items()) if n}
     return summary
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """A short text table of the ratios and throughputs, marking missed targets with ``!``."""
+    """
+    A Markdown table of the figures (CAL / baseline and their ratio, ``!`` marking a missed target), ready to
+    paste into the model card.
+    """
 
-    def ratio(r: dict, key: str) -> str:
-        return f"{r[key]:.3f}{'' if r['targets_met'][key] else ' !'}"
+    def mark(r: dict, key: str, text: str) -> str:
+        return text if r["targets_met"][key] else f"{text} !"
 
-    rows = [
-        ("backbone", "train CAL/base", "infer CAL/base", "peak mem CAL/base", "data wait", "train/s", "infer/s"),
-        ("", f"<= {TARGETS['train_step_ratio']}", f"<= {TARGETS['inference_ratio']}",
-         f"<= {TARGETS['peak_memory_ratio']}", f"< {TARGETS['data_wait_fraction']:.0%}", "samples", "samples"),
+    def pair(values: dict, scale: float, fmt: str) -> str:
+        return f"{values['cal'] * scale:{fmt}} / {values['baseline'] * scale:{fmt}}"
+
+    header = [
+        "backbone", "parameters", f"train step s, CAL / base (ratio <= {TARGETS['train_step_ratio']})",
+        f"inference s, CAL / base (ratio <= {TARGETS['inference_ratio']})",
+        f"peak memory MiB, CAL / base (ratio <= {TARGETS['peak_memory_ratio']})",
+        f"data wait (< {TARGETS['data_wait_fraction']:.0%})", "samples/s train, inference",
     ]  # fmt: skip
+    rows = [header, ["---"] * len(header)]
     for r in results:
-        wait = f"{r['data_wait_fraction']:.1%}{'' if r['targets_met']['data_wait_fraction'] else ' !'}"
-        rows.append(
-            (r["backbone"], ratio(r, "train_step_ratio"), ratio(r, "inference_ratio"), ratio(r, "peak_memory_ratio"),
-             wait, f"{r['samples_per_s']['train']:.2f}", f"{r['samples_per_s']['inference']:.2f}")
-        )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+        rows.append([
+            r["backbone"], f"{r['parameters'] / 1e6:.1f} M",
+            mark(r, "train_step_ratio", f"{pair(r['train_step_s'], 1, '.3f')} ({r['train_step_ratio']:.3f})"),
+            mark(r, "inference_ratio", f"{pair(r['inference_s'], 1, '.3f')} ({r['inference_ratio']:.3f})"),
+            mark(r, "peak_memory_ratio",
+                 f"{pair(r['peak_memory_bytes'], 2**-20, '.0f')} ({r['peak_memory_ratio']:.3f})"),
+            mark(r, "data_wait_fraction", f"{r['data_wait_fraction']:.1%}"),
+            f"{r['samples_per_s']['train']:.2f}, {r['samples_per_s']['inference']:.2f}",
+        ])  # fmt: skip
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def _default_backbone_args(config_file: str, backbone: str) -> dict[str, Any]:

@@ -75,6 +75,34 @@ def test_quiet_other_ranks_keeps_warnings(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == ["problem"]
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path):
+    """multi_gpu_train.json disables train.json's handlers by position: this fails if they move."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", "multi_gpu_train.json")])
+    overrides = {"bundle_root": str(ROOT), "dataset_dir": str(tiny_dataset), "output_dir": str(tmp_path / "eval"),
+                 "ckpt_dir": str(tmp_path / "models"), "rank": rank}  # fmt: skip
+    for key, value in overrides.items():
+        parser[key] = value
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        train = parser.get_parsed_content("train#handlers")
+        validate = parser.get_parsed_content("validate#handlers")
+    finally:
+        dist.destroy_process_group()
+    writers = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver)
+    if rank == 0:
+        assert len(train) == len(parser["train#handlers"]) and len(validate) == len(parser["validate#handlers"])
+        assert sum(isinstance(h, writers) for h in train + validate) == 5
+    else:
+        assert not any(isinstance(h, writers) for h in train + validate)
+        assert len(train) == 2 and not validate  # LR schedule and validation run on every process
+    assert [h.print_lr for h in train if isinstance(h, LrScheduleHandler)] == [rank == 0]
+
+
 # --- metrics over uneven validation shards -------------------------------------------------------------------
 
 
