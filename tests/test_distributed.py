@@ -75,6 +75,23 @@ def test_quiet_other_ranks_keeps_warnings(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == ["problem"]
 
 
+@pytest.mark.parametrize("cal", [True, False])
+@pytest.mark.parametrize(
+    "backbone, args, size",
+    [("vit", {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}, 16),
+     ("resnet", {"depth": 10, "widen_factor": 0.125, "conv1_t_stride": 1, "no_max_pool": True}, 16),
+     ("densenet", {"depth": 121, "growth_rate": 4, "init_features": 8, "bn_size": 2}, 32)],
+)  # fmt: skip
+def test_every_trainable_parameter_gets_a_gradient(backbone, args, size, cal):
+    """DistributedDataParallel (without find_unused_parameters) needs a gradient for every trainable parameter."""
+    from scripts.cal_net import CALNet
+    from scripts.losses import CALLoss
+
+    net = CALNet(4, 1, size, backbone, args, num_attentions=4, attention_block="conv_bn_relu", cal=cal).train()
+    CALLoss()(net(torch.rand(2, 1, size, size, size)), torch.tensor([0, 1])).backward()
+    assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path):
     """multi_gpu_train.json disables train.json's handlers by position: this fails if they move."""
@@ -92,7 +109,7 @@ def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path)
         train = parser.get_parsed_content("train#handlers")
         validate = parser.get_parsed_content("validate#handlers")
     finally:
-        dist.destroy_process_group()
+        distributed.destroy_process_group()  # also resets ignite's view of the group
     writers = (StatsHandler, TensorBoardStatsHandler, CheckpointSaver)
     if rank == 0:
         assert len(train) == len(parser["train#handlers"]) and len(validate) == len(parser["validate#handlers"])

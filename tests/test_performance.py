@@ -15,6 +15,7 @@ import torch.distributed as dist
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, LoadImaged, RandFlipd, Resized, ScaleIntensityd
 
+from scripts import distributed
 from scripts.cal_net import CALNet
 from scripts.performance import (
     PlainTensorBatch,
@@ -121,7 +122,7 @@ def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path, caplog):
         out = net.train()(torch.rand(2, 1, 16, 16, 16))
         (out["logits"].sum() + out["effect"].sum()).backward()  # no unused parameters for DDP to reject
     finally:
-        dist.destroy_process_group()
+        distributed.destroy_process_group()  # also resets ignite's view of the group
 
 
 @pytest.mark.slow
