@@ -59,6 +59,11 @@ class ViTBackbone(nn.Module):
             spatial_dims=3,
             **kwargs,
         )
+        # MONAI's transformer blocks build a cross-attention LayerNorm even without cross-attention; it never gets
+        # a gradient, which DistributedDataParallel rejects. Freezing it keeps the state dict as it is.
+        for block in self.vit.blocks:
+            if not block.with_cross_attention:
+                block.norm_cross_attn.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, D, H, W) -> (B, hidden_size, D/p, H/p, W/p)."""

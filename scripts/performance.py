@@ -1,0 +1,147 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""
+Speed options of the training configs, each off or safe by default: cached datasets, plain-tensor batches,
+channels-last memory format, mixed precision on CUDA and the network's distributed wrapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data.utils import pickle_hashing
+from monai.engines import PrepareBatch, default_prepare_batch
+from torch import nn
+
+__all__ = [
+    "DATASET_CACHES",
+    "AMP_DTYPES",
+    "build_dataset",
+    "PlainTensorBatch",
+    "prepare_network",
+    "amp_enabled",
+    "autocast_kwargs",
+]
+
+DATASET_CACHES = ("none", "memory", "disk")
+AMP_DTYPES = ("bfloat16", "float16")
+
+logger = logging.getLogger(__name__)
+
+
+def build_dataset(
+    data: Sequence[dict],
+    transform: Callable,
+    cache: str = "none",
+    cache_rate: float = 1.0,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = 0,
+) -> Dataset:
+    """
+    A MONAI dataset over ``data`` that keeps the output of ``transform``'s deterministic head (loading, reorienting,
+    scaling, resizing: every transform before the first random one) according to ``cache``:
+
+    - ``"none"``: :class:`monai.data.Dataset`, every item is read and transformed at every epoch;
+    - ``"memory"``: :class:`monai.data.CacheDataset`, ``cache_rate`` of the items are prepared once, up front, and
+      held in memory (each training process holds its own copy);
+    - ``"disk"``: :class:`monai.data.PersistentDataset`, prepared items are written to ``cache_dir`` on first use and
+      read from there afterwards; file names hash the item and the cached transforms, so changing the
+      preprocessing (e.g. ``spatial_size``) does not reuse stale files.
+
+    ``num_workers`` is the number of threads that fill the memory cache (0: one).
+    """
+    if cache == "none":
+        return Dataset(data=data, transform=transform)
+    if cache == "memory":
+        if not 0.0 <= cache_rate <= 1.0:
+            raise ValueError(f"cache_rate must be in [0, 1] (the fraction of cases held in memory), got {cache_rate}.")
+        return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers or 1)
+    if cache == "disk":
+        if cache_dir is None:
+            raise ValueError("dataset_cache 'disk' needs a folder: set dataset_cache_dir.")
+        return PersistentDataset(data=data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+    raise ValueError(f"unknown dataset_cache '{cache}', choose one of {DATASET_CACHES}.")
+
+
+class PlainTensorBatch(PrepareBatch):
+    """
+    ``(image, label)`` of a batch dict, on ``device``, as plain ``torch.Tensor`` rather than MONAI ``MetaTensor``.
+
+    A training step needs no image metadata; dropping it saves the metadata bookkeeping of every operation in
+    the network and is what ``torch.compile`` requires (it cannot trace ``MetaTensor``).
+    """
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        return _plain(image), _plain(label)
+
+
+def _plain(x: Any) -> Any:
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def prepare_network(
+    network: nn.Module,
+    device: str | torch.device,
+    channels_last: bool = False,
+    distributed: bool = False,
+    sync_batchnorm: bool = False,
+    ddp_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """
+    The training network: ``network`` on ``device``, optionally in channels-last (NDHWC) memory format, and, when
+    ``distributed``, wrapped in ``DistributedDataParallel`` (the process group must exist).
+
+    Args:
+        network: the model, e.g. :class:`scripts.cal_net.CALNet`.
+        device: where it trains.
+        channels_last: store the convolution weights as ``torch.channels_last_3d``; convolutions then run in that
+            layout, which suits oneDNN on CPUs and tensor cores on GPUs. The state dict keeps its keys and values.
+        distributed: wrap in ``torch.nn.parallel.DistributedDataParallel``.
+        sync_batchnorm: with ``distributed`` on CUDA, BatchNorm statistics over the whole distributed batch
+            (``torch.nn.SyncBatchNorm``); on CPUs it is not supported by PyTorch and is ignored with a warning.
+        ddp_kwargs: further arguments of ``DistributedDataParallel``.
+    """
+    device = torch.device(device)
+    if distributed and sync_batchnorm:
+        if device.type == "cuda":
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        else:
+            logger.warning("sync_batchnorm needs CUDA devices; it is ignored on %s.", device)
+    network = network.to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+    if distributed:
+        device_ids = [device] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **(ddp_kwargs or {}))
+    return network
+
+
+def amp_enabled(amp: bool, device: str | torch.device) -> bool:
+    """
+    Whether MONAI's engines should run with automatic mixed precision: ``amp`` on a CUDA ``device``. MONAI's
+    engines autocast on CUDA only, so on other devices a requested ``amp`` is ignored with a warning.
+    """
+    if amp and torch.device(device).type != "cuda":
+        logger.warning("amp (mixed precision) runs on CUDA devices only; training on %s in float32.", device)
+        return False
+    return bool(amp)
+
+
+def autocast_kwargs(dtype: str = "bfloat16") -> dict[str, Any]:
+    """``torch.autocast`` arguments for mixed precision in ``dtype``: ``"bfloat16"`` or ``"float16"``."""
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got '{dtype}'.")
+    return {"dtype": getattr(torch, dtype)}

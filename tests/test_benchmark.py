@@ -1,0 +1,74 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""The benchmark command runs at tiny sizes and reports every figure; its measuring helpers are sound. No timing
+is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scripts.benchmark import TARGETS, format_table, interleaved_times, step_peak_bytes
+from tests.conftest import ROOT
+
+TINY_ARGS = {
+    "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2},
+    "resnet": {"depth": 10, "widen_factor": 0.125, "conv1_t_stride": 1, "no_max_pool": True},
+}
+
+
+def test_step_peak_bytes_follows_allocations_and_frees_on_cpu():
+    def step():
+        a = torch.ones(1_000_000)  # 4 MB
+        b = torch.ones(2_000_000)  # 8 MB, both alive: the peak
+        del a
+        c = torch.ones(500_000)  # 2 MB, after a was freed
+        return b, c
+
+    assert step_peak_bytes(step, torch.device("cpu")) == 12_000_000
+
+
+def test_interleaved_times_alternate_the_order():
+    calls = []
+    times = interleaved_times(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 1, 3, torch.device("cpu")
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+@pytest.mark.slow
+def test_benchmark_command_prints_all_figures(tmp_path):
+    cmd = [
+        sys.executable, "-m", "scripts.benchmark", "--backbone", "vit", "resnet", "--spatial_size", "16",
+        "--batch_size", "2", "--num_attentions", "4", "--warmup", "1", "--repeats", "2", "--data_steps", "2",
+        "--backbone_args", json.dumps(TINY_ARGS), "--profile", str(tmp_path / "profile"),
+        "--output", str(tmp_path / "benchmark.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    assert report == json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["settings"]["spatial_size"] == [16, 16, 16] and report["settings"]["targets"] == TARGETS
+    assert [r["backbone"] for r in report["results"]] == ["vit", "resnet"]
+    for r in report["results"]:
+        for key in ("train_step_s", "inference_s", "peak_memory_bytes", "forward_backward_peak_bytes"):
+            assert set(r[key]) == {"cal", "baseline"} and all(v > 0 for v in r[key].values())
+        for key in ("train_step_ratio", "inference_ratio", "peak_memory_ratio", "forward_backward_peak_ratio"):
+            assert r[key] > 0
+        assert 0 < r["data_wait_fraction"] < 1
+        assert all(r["samples_per_s"][k] > 0 for k in ("train", "inference", "train_with_default_loader"))
+        assert set(r["targets_met"]) == set(TARGETS)
+        assert len(r["raw_s"]["train"]["cal"]) == 2
+        assert all((tmp_path / "profile" / f"{r['backbone']}_{v}_train.txt").is_file() for v in ("cal", "baseline"))
+        assert r["profile"]["train_cal_extra_ms_by_operator"]
+    table = format_table(report["results"]).splitlines()
+    assert table[0].startswith("| backbone |") and table[-1].startswith("| resnet |")
+    assert "\n".join(table) in proc.stderr  # the command prints it

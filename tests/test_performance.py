@@ -1,0 +1,153 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""The speed options: dataset caches, plain-tensor batches, channels-last, AMP and SyncBatchNorm on CPUs, and the
+bundle's training run with them switched on."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+import torch.distributed as dist
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.transforms import Compose, LoadImaged, RandFlipd, Resized, ScaleIntensityd
+
+from scripts import distributed
+from scripts.cal_net import CALNet
+from scripts.performance import (
+    PlainTensorBatch,
+    amp_enabled,
+    autocast_kwargs,
+    build_dataset,
+    prepare_network,
+)
+from tests.conftest import TINY_OVERRIDES, run_bundle
+
+TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
+
+
+def _items(tiny_dataset) -> list[dict]:
+    datalist = json.loads((tiny_dataset / "datalist.json").read_text())
+    return [{"image": str(tiny_dataset / d["image"]), "label": d["label"]} for d in datalist["validation"][:4]]
+
+
+def _transform(size: int = 8, random: bool = False) -> Compose:
+    transforms = [LoadImaged("image", ensure_channel_first=True, image_only=True), ScaleIntensityd("image")]
+    transforms += [Resized("image", spatial_size=(size,) * 3)]
+    return Compose(transforms + ([RandFlipd("image", prob=1.0, spatial_axis=0)] if random else []))
+
+
+def _tiny_net() -> CALNet:
+    torch.manual_seed(0)
+    return CALNet(4, 1, 16, "vit", TINY_VIT, num_attentions=4, attention_block="conv_bn_relu")
+
+
+def test_dataset_cache_memory_holds_the_requested_fraction(tiny_dataset):
+    items = _items(tiny_dataset)
+    plain = build_dataset(items, _transform(), cache="none")
+    cached = build_dataset(items, _transform(), cache="memory", cache_rate=0.5)
+    assert type(plain) is Dataset and isinstance(cached, CacheDataset)
+    assert sum(c is not None for c in cached._cache) == 2
+    for i in range(len(items)):
+        assert torch.equal(plain[i]["image"], cached[i]["image"])
+
+
+def test_dataset_cache_disk_keys_files_on_the_preprocessing(tiny_dataset, tmp_path):
+    items = _items(tiny_dataset)
+    first = build_dataset(items, _transform(8, random=True), cache="disk", cache_dir=tmp_path)
+    assert isinstance(first, PersistentDataset)
+    torch.testing.assert_close(first[0]["image"], build_dataset(items, _transform(8, random=True))[0]["image"])
+    files = {p.name for p in tmp_path.glob("*.pt")}
+    assert len(files) == 1
+    second = build_dataset(items, _transform(6, random=True), cache="disk", cache_dir=tmp_path)
+    assert second[0]["image"].shape[1:] == (6, 6, 6)  # a new spatial size is not served from the old files
+    assert len({p.name for p in tmp_path.glob("*.pt")} - files) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"cache": "ram"}, "none.*memory.*disk"), ({"cache": "memory", "cache_rate": 2.0}, "cache_rate"),
+     ({"cache": "disk"}, "dataset_cache_dir")],
+)  # fmt: skip
+def test_dataset_cache_bad_settings_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_dataset([{"image": "x.nii.gz"}], _transform(), **kwargs)
+
+
+def test_plain_tensor_batch_drops_metadata_only():
+    image = MetaTensor(torch.rand(2, 1, 4, 4, 4), meta={"filename_or_obj": ["a", "b"]})
+    label = torch.tensor([1, 2])
+    x, y = PlainTensorBatch()({"image": image, "label": label}, torch.device("cpu"))
+    assert type(x) is torch.Tensor and type(y) is torch.Tensor
+    assert torch.equal(x, image.as_tensor()) and torch.equal(y, label)
+
+
+def test_channels_last_keeps_outputs_and_state_dict():
+    reference, net = _tiny_net().eval(), _tiny_net().eval()
+    net = prepare_network(net, "cpu", channels_last=True)
+    conv = net.backbone.vit.patch_embedding.patch_embeddings
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), rtol=1e-4, atol=1e-5)
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    net.train()
+    out = net(x.contiguous(memory_format=torch.channels_last_3d))
+    out["effect"].sum().backward()  # trains in that layout
+    assert conv.weight.grad is not None
+
+
+def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        assert amp_enabled(True, "cpu") is False
+    assert "CUDA devices only" in caplog.text
+    assert amp_enabled(False, "cpu") is False
+    assert amp_enabled(True, torch.device("cuda", 0)) is True  # decided from the device, no GPU needed
+    assert autocast_kwargs("float16") == {"dtype": torch.float16}
+    with pytest.raises(ValueError, match="bfloat16"):
+        autocast_kwargs("int8")
+
+
+def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path, caplog):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with caplog.at_level(logging.WARNING):
+            net = prepare_network(_tiny_net(), "cpu", distributed=True, sync_batchnorm=True)
+        assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
+        assert "sync_batchnorm needs CUDA" in caplog.text
+        assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
+        out = net.train()(torch.rand(2, 1, 16, 16, 16))
+        (out["logits"].sum() + out["effect"].sum()).backward()  # no unused parameters for DDP to reject
+    finally:
+        distributed.destroy_process_group()  # also resets ignite's view of the group
+
+
+@pytest.mark.slow
+def test_training_with_cpu_speed_options(tiny_dataset, tmp_path):
+    """Memory cache, a thread loader over a worker process, channels-last, and AMP requested (ignored on CPU)."""
+    proc = run_bundle(
+        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
+        "--dataset_cache", "memory", "--thread_loader", "true", "--num_workers", "1", "--channels_last", "true",
+        "--amp", str(not torch.cuda.is_available()).lower(), *TINY_OVERRIDES,
+    )  # fmt: skip
+    assert (tmp_path / "models" / "model.pt").is_file()
+    if not torch.cuda.is_available():
+        assert "amp (mixed precision) runs on CUDA devices only" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_training_with_disk_cache_and_compile(tiny_dataset, tmp_path):
+    """PersistentDataset and torch.compile of the training step (``aot_eager``: traced, no C++ build in CI)."""
+    run_bundle(
+        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
+        "--dataset_cache", "disk", "--dataset_cache_dir", str(tmp_path / "cache"),
+        "--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}", *TINY_OVERRIDES,
+    )  # fmt: skip
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 16 + 8  # training and validation cases
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("_orig_mod.") for k in state)  # loads into the plain network
