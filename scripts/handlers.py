@@ -52,7 +52,9 @@ class ClassificationReport:
 
     - ``predictions_file``: one row per case with ``case``, ``image``, ``label``/``label_name`` (if known),
       ``pred``/``pred_name`` and ``prob_<class name>`` per class;
-    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON.
+    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON;
+    - ``roc.png`` and ``confusion_matrix.png`` (when labels are present and ``plots`` is True): see
+      :func:`scripts.plots.save_classification_plots`.
 
     Args:
         output_dir: folder of the files, created when missing.
@@ -62,6 +64,7 @@ class ClassificationReport:
         pred_key: key of the probabilities (C,) in the engine's output (after post-processing).
         label_key: key of the true class index in the engine's output.
         image_key: key of the image, whose ``filename_or_obj`` meta names the case.
+        plots: write the ROC curves and the confusion matrix as PNG next to the metrics.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class ClassificationReport:
         pred_key: str = "pred",
         label_key: str = "label",
         image_key: str = "image",
+        plots: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -81,6 +85,7 @@ class ClassificationReport:
         self.pred_key = pred_key
         self.label_key = label_key
         self.image_key = image_key
+        self.plots = plots
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()
@@ -144,3 +149,7 @@ class ClassificationReport:
                 if self.metrics[k] is not None
             )
             self.logger.info(f"test metrics ({self.metrics['num_cases']} cases): {summary}")
+        if has_labels and self.plots:
+            from .plots import save_classification_plots  # matplotlib is loaded only when pictures are wanted
+
+            save_classification_plots(probs, labels, names, self.output_dir)
