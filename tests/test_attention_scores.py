@@ -128,6 +128,7 @@ def test_scoring_and_montage_commands_end_to_end(tiny_dataset, tmp_path):
             "--cal", cal, *TINY_OVERRIDES,
         )  # fmt: skip
         ckpts[name] = tmp_path / name / "model.pt"
+    assert ckpts["cal"].read_bytes() != ckpts["baseline"].read_bytes()  # `--cal false` did switch CAL off
     out = tmp_path / "attention"
     summaries = main(
         ["--runs", *(f"{k}={v}" for k, v in ckpts.items()), "--output_dir", str(out), "--tolerance", "1.5",
