@@ -115,7 +115,8 @@ def score_case(
     """
     Scores of one case's maps (name -> (D, H, W) map in [0, 1]) against its mask: ``mask_fraction`` and, per map,
     ``<name>_energy``, ``<name>_peak_distance``, ``<name>_hit`` (strict pointing game) and ``<name>_hit_tol``
-    (within ``tolerance`` voxels), hits as 0.0 / 1.0.
+    (within ``tolerance`` voxels), hits as 0.0 / 1.0, and ``<name>_empty`` (1.0 for a constant map, e.g. a Grad-CAM
+    that the ReLU zeroes everywhere: it points nowhere and scores the mask's volume fraction in energy).
     """
     row = {"mask_fraction": float((_volume(mask) > 0.5).float().mean())}
     for name, saliency in maps.items():
@@ -124,6 +125,8 @@ def score_case(
         row[f"{name}_peak_distance"] = distance
         row[f"{name}_hit"] = float(distance <= 0.0)
         row[f"{name}_hit_tol"] = float(distance <= tolerance)
+        s = _volume(saliency)
+        row[f"{name}_empty"] = float(float(s.max()) <= float(s.min()))
     return row
 
 
@@ -139,7 +142,12 @@ def summarize(
     Mean and standard deviation (over cases) of every score in ``rows`` (from :func:`score_case`, plus ``label``
     and ``correct``), overall and per true class. Returns a JSON-ready dict.
     """
-    keys = {"energy_fraction": "energy", "pointing_game": "hit", "pointing_game_tolerance": "hit_tol"}
+    keys = {
+        "energy_fraction": "energy",
+        "pointing_game": "hit",
+        "pointing_game_tolerance": "hit_tol",
+        "empty_map": "empty",
+    }
 
     def block(subset: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {
@@ -168,14 +176,16 @@ def summary_markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     first = next(iter(summaries.values()))
     tol = first["tolerance_voxels"]
     lines = [
-        f"| model | saliency map | energy in mask | pointing game | pointing game (≤ {tol:g} voxels) | accuracy |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| model | saliency map | energy in mask | pointing game | pointing game (≤ {tol:g} voxels) | empty maps "
+        "| accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model, s in summaries.items():
         for m, scores in s["maps"].items():
             lines.append(
                 f"| {model} | {m} | {_fmt(scores['energy_fraction'])} | {_fmt(scores['pointing_game'])} | "
-                f"{_fmt(scores['pointing_game_tolerance'])} | {s['accuracy']['mean']:.3f} |"
+                f"{_fmt(scores['pointing_game_tolerance'])} | {scores['empty_map']['mean']:.2f} | "
+                f"{s['accuracy']['mean']:.3f} |"
             )
     classes = list(first["per_class"])
     lines += [
@@ -196,7 +206,8 @@ def summary_markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         "",
         f"{first['num_cases']} cases; mean ± standard deviation over cases. The mask covers "
         f"{_fmt(first['mask_fraction'])} of the volume: a uniform map's energy in the mask, and about a random "
-        "peak's pointing-game hit rate.",
+        "peak's pointing-game hit rate. An empty map (constant, e.g. a Grad-CAM zeroed everywhere by its ReLU) "
+        "has no peak: a pointing-game miss, and the volume fraction as energy.",
     ]
     for m, text in first["map_descriptions"].items():
         lines.append(f"- `{m}`: {text}.")

@@ -78,12 +78,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--cases", nargs="+", default=None, help="case names (default: the first --num_cases)")
     parser.add_argument("--num_cases", type=int, default=3)
     parser.add_argument("--output", default="eval/attention/montage.png", help="PNG file to write")
+    parser.add_argument("--dpi", type=int, default=80, help="resolution of the PNG")
     args = parser.parse_args(argv)
     names = args.names or [Path(r).name for r in args.runs]
     if len(names) != len(args.runs):
         parser.error(f"--names gives {len(names)} names for {len(args.runs)} runs.")
     rows = montage_rows([load_maps(r) for r in args.runs], names, args.map, args.cases, args.num_cases)
-    path = save_montage(rows, args.output)
+    path = save_montage(rows, args.output, dpi=args.dpi)
     print(f"wrote {path}")
     return path
 

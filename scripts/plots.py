@@ -8,6 +8,7 @@ the confusion matrix, and montages of saliency maps over three orthogonal slices
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 __all__ = [
     "roc_curve",
@@ -57,10 +59,14 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
+    """Write ``fig`` as a PNG with a 256-colour palette (a third of the size of full colour, or less)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(256).save(path, format="PNG", optimize=True)
     return path
 
 
@@ -156,9 +162,10 @@ def save_montage(
 ) -> Path:
     """
     A grid with one row per case (``(row title, panels)``) and, per panel, its axial, coronal and sagittal slices
-    through the saliency peak: the image in grey, the saliency in an inferno overlay, the mask's contour in cyan and
-    the peak marked with a white cross. Arrays are (D, H, W) in RAS order (first axis left-right, second
-    posterior-anterior, third inferior-superior), shown with the lower-left origin.
+    through the saliency peak (the centre for an empty, constant map): the image in grey, the saliency in an
+    inferno overlay, the mask's contour in cyan and the peak marked with a white cross. Arrays are (D, H, W) in RAS
+    order (first axis left-right, second posterior-anterior, third inferior-superior), shown with the lower-left
+    origin.
     """
     if not rows:
         raise ValueError("save_montage needs at least one row.")
@@ -168,7 +175,10 @@ def save_montage(
     for r, (row_title, panels) in enumerate(rows):
         for p, panel in enumerate(panels):
             saliency = np.asarray(panel.saliency, dtype=np.float32)
-            peak = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+            empty = float(saliency.max()) <= float(saliency.min())  # no peak: slice through the centre
+            peak = (
+                tuple(n // 2 for n in saliency.shape) if empty else np.unravel_index(saliency.argmax(), saliency.shape)
+            )
             points = [(peak[0], peak[1]), (peak[0], peak[2]), (peak[1], peak[2])]
             masks = _slices(panel.mask, peak) if panel.mask is not None else [None] * 3
             for v, (view, img, sal, msk, point) in enumerate(
@@ -181,8 +191,10 @@ def save_montage(
                 )
                 if msk is not None and msk.any():
                     ax.contour(msk.astype(np.float32), levels=[0.5], colors="cyan", linewidths=1.0)
-                ax.plot(*point, marker="+", color="white", markersize=7, mew=1.2)
-                ax.set_title(f"{panel.title}\n{view}" if v == 1 else view, fontsize=7)
+                if not empty:
+                    ax.plot(*point, marker="+", color="white", markersize=7, mew=1.2)
+                title = panel.title + (" (empty map)" if empty else "")
+                ax.set_title(f"{title}\n{view}" if v == 1 else view, fontsize=7)
                 ax.set_xticks([])
                 ax.set_yticks([])
             axes[r, 3 * p].set_ylabel(row_title, fontsize=7)

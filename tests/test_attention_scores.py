@@ -78,11 +78,16 @@ def test_score_case_and_summary(cube):
         rows.append({"label": label, "correct": float(good), **row})
     assert rows[0]["mask_fraction"] == pytest.approx(0.125)
     assert rows[0]["attention_hit"] == 1.0 and rows[1]["attention_hit"] == 0.0 and rows[0]["gradcam_energy"] == 0.0
+    assert rows[0]["attention_empty"] == 0.0
+    empty = score_case({"gradcam": torch.zeros(8, 8, 8)}, cube, tolerance=100.0)  # e.g. a Grad-CAM zeroed by ReLU
+    assert empty["gradcam_empty"] == 1.0 and empty["gradcam_hit_tol"] == 0.0
+    assert empty["gradcam_energy"] == pytest.approx(empty["mask_fraction"])
     summary = summarize(rows, ["attention", "gradcam"], ["a", "b", "c"], tolerance=1.0)
     assert summary["num_cases"] == 4 and summary["accuracy"]["mean"] == pytest.approx(0.75)
     assert summary["maps"]["attention"]["pointing_game"]["mean"] == pytest.approx(0.75)
     assert summary["maps"]["attention"]["energy_fraction"]["std"] == pytest.approx(0.5)  # sample std of 1,0,1,1
     assert summary["maps"]["gradcam"]["pointing_game"]["mean"] == 0.0
+    assert summary["maps"]["gradcam"]["empty_map"]["mean"] == 0.0
     assert set(summary["per_class"]) == {"a", "b"}  # a class without cases is left out
     assert summary["per_class"]["a"]["maps"]["attention"]["pointing_game"]["mean"] == pytest.approx(0.5)
     assert summary["per_class"]["b"]["num_cases"] == 2

@@ -53,7 +53,8 @@ def test_montage_writes_png(tmp_path):
     image = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
     saliency, mask = np.zeros_like(image), np.zeros((8, 8, 8), dtype=np.uint8)
     saliency[2, 3, 4], mask[1:4, 2:5, 3:6] = 1.0, 1
-    rows = [("case 1", [SaliencyPanel("CAL", image, saliency, mask), SaliencyPanel("baseline", image, saliency)])]
+    empty = np.zeros_like(image)  # a constant map: sliced through the centre
+    rows = [("case 1", [SaliencyPanel("CAL", image, saliency, mask), SaliencyPanel("baseline", image, empty)])]
     assert save_montage(rows * 2, tmp_path / "m.png").read_bytes()[:8] == PNG
     with pytest.raises(ValueError):
         save_montage([], tmp_path / "none.png")
