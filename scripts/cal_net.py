@@ -102,6 +102,15 @@ class BAP3D(nn.Module):
         return self.pool_features(features, attentions), self.pool_features(features, fake)
 
 
+def _as_bool(value: bool | str, name: str) -> bool:
+    """A boolean setting; command-line overrides (``--cal false``) reach the network as the string 'false'."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise ValueError(f"{name} must be true or false, got '{value}'.")
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
 class CALNet(nn.Module):
     """
     CAL classifier: backbone feature map F -> M attention maps ``A = conv1x1x1(F)`` -> ``BAP3D(F, A)`` ->
@@ -138,7 +147,7 @@ class CALNet(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
         num_attentions: int = 32,
         pool: str = "GAP",
-        cal: bool = True,
+        cal: bool | str = True,
         counterfactual: str = "random",
         attention_block: str = "conv",
         scale: float = 100.0,
@@ -165,7 +174,7 @@ class CALNet(nn.Module):
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = cal
+        self.cal = _as_bool(cal, "cal")
         self.counterfactual = counterfactual
         self.scale = scale
 

@@ -52,7 +52,9 @@ class ClassificationReport:
 
     - ``predictions_file``: one row per case with ``case``, ``image``, ``label``/``label_name`` (if known),
       ``pred``/``pred_name`` and ``prob_<class name>`` per class;
-    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON.
+    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON;
+    - ``roc.png`` and ``confusion_matrix.png`` (when labels are present and ``plots`` is True): see
+      :func:`scripts.plots.save_classification_plots`.
 
     Args:
         output_dir: folder of the files, created when missing.
@@ -65,6 +67,7 @@ class ClassificationReport:
         failed: cases that could not be run (``{"case", "image", "error"}`` each, e.g. from
             :func:`scripts.validation.screen_items`); when given, the CSV gets an ``error`` column, empty for the
             cases that ran, and one row per failed case after them.
+        plots: write the ROC curves and the confusion matrix as PNG next to the metrics.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class ClassificationReport:
         label_key: str = "label",
         image_key: str = "image",
         failed: Sequence[dict[str, str]] | None = None,
+        plots: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -86,6 +90,7 @@ class ClassificationReport:
         self.label_key = label_key
         self.image_key = image_key
         self.failed = None if failed is None else [dict(row) for row in failed]
+        self.plots = plots
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()
@@ -153,3 +158,7 @@ class ClassificationReport:
                 if self.metrics[k] is not None
             )
             self.logger.info(f"test metrics ({self.metrics['num_cases']} cases): {summary}")
+        if has_labels and self.plots:
+            from .plots import save_classification_plots  # matplotlib is loaded only when pictures are wanted
+
+            save_classification_plots(probs, labels, names, self.output_dir)

@@ -69,6 +69,8 @@ def test_evaluation_writes_metrics_and_per_case_csv(trained, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     accuracy = np.mean([r["label"] == r["pred"] for r in rows])
     assert accuracy == pytest.approx(metrics["accuracy"])
+    for picture in ("roc.png", "confusion_matrix.png"):  # next to metrics.json
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
 
 
 def test_inference_writes_csv_and_attention_in_image_geometry(trained, tmp_path):
@@ -86,6 +88,7 @@ def test_inference_writes_csv_and_attention_in_image_geometry(trained, tmp_path)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["case"] for r in rows] == sorted(Path(i["image"]).name[: -len(".nii.gz")] for i in items)
     assert "label" not in rows[0] and {"pred", "pred_name", "prob_solid"} <= set(rows[0])
+    assert not (out / "roc.png").exists()  # no labels, no ROC
     for row in rows:
         image = nib.load(folder / f"{row['case']}.nii.gz")
         attention = nib.load(out / f"{row['case']}_attention.nii.gz")

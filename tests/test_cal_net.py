@@ -201,3 +201,12 @@ def test_torchscript_matches_eager_in_eval():
     x = torch.randn(2, 1, 16, 16, 16)
     torch.testing.assert_close(scripted(x), net(x))
     torch.testing.assert_close(scripted.forward_attention(x)[1], net.forward_attention(x)[1])
+
+
+def test_cal_flag_from_the_command_line():
+    """``--cal false`` reaches the network as the string 'false': it must switch CAL off, not on."""
+    x = torch.randn(2, 1, 16, 16, 16)
+    assert isinstance(tiny_net(cal="false").train()(x), torch.Tensor)
+    assert isinstance(tiny_net(cal="True").train()(x), dict)
+    with pytest.raises(ValueError, match="cal must be true or false"):
+        tiny_net(cal="no")

@@ -1,0 +1,60 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""ROC curves, confusion matrix and montage pictures: the numbers behind them and the PNG files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import compute_roc_auc
+
+from scripts.plots import (
+    SaliencyPanel,
+    confusion_matrix,
+    roc_curve,
+    save_classification_plots,
+    save_confusion_matrix,
+    save_montage,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_roc_curve_known_answers():
+    fpr, tpr, auc = roc_curve(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 1, 0, 0]))
+    assert auc == 1.0 and fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+    assert roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]))[2] == 0.0
+    assert roc_curve(np.full(4, 0.5), np.array([1, 0, 1, 0]))[2] == pytest.approx(0.5)  # ties count one half
+    rng = np.random.default_rng(0)
+    scores, positives = rng.random(50).round(1), rng.random(50) > 0.6
+    expected = compute_roc_auc(torch.tensor(scores), torch.tensor(positives, dtype=torch.float))
+    assert roc_curve(scores, positives)[2] == pytest.approx(expected)
+
+
+def test_confusion_matrix_counts():
+    counts = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+
+
+def test_classification_plots_write_png(tmp_path):
+    probs = torch.softmax(torch.randn(12, 3), dim=1)
+    labels = torch.tensor([0, 1, 2] * 4)
+    paths = save_classification_plots(probs, labels, ["a", "b", "c"], tmp_path / "out")
+    assert [p.name for p in paths] == ["roc.png", "confusion_matrix.png"]
+    assert all(p.read_bytes()[:8] == PNG for p in paths)
+    # a class missing from the labels still gives a picture
+    save_classification_plots(probs, torch.zeros(12, dtype=torch.long), ["a", "b", "c"], tmp_path / "one")
+    assert save_confusion_matrix(probs, labels, ["a", "b", "c"], tmp_path / "cm.png").read_bytes()[:8] == PNG
+
+
+def test_montage_writes_png(tmp_path):
+    image = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    saliency, mask = np.zeros_like(image), np.zeros((8, 8, 8), dtype=np.uint8)
+    saliency[2, 3, 4], mask[1:4, 2:5, 3:6] = 1.0, 1
+    empty = np.zeros_like(image)  # a constant map: sliced through the centre
+    rows = [("case 1", [SaliencyPanel("CAL", image, saliency, mask), SaliencyPanel("baseline", image, empty)])]
+    assert save_montage(rows * 2, tmp_path / "m.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError):
+        save_montage([], tmp_path / "none.png")
