@@ -4,7 +4,7 @@
 """
 The multimodal claim, measured: on data whose label needs the image AND the tabular values, the fused model beats
 the image-only and the tabular-only model on test accuracy. Same data, seed and budget; tiny sizes (16^3, a
-two-block ViT, 160 training cases, 20 epochs), about a minute and a half on a 2-core CPU.
+two-block ViT, 160 training cases, 20 epochs), about a minute on a 2-core CPU.
 """
 
 from __future__ import annotations
