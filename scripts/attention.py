@@ -30,13 +30,14 @@ class AttentionInferer(Inferer):
     """
     Runs ``network.forward_attention`` (see :class:`scripts.cal_net.CALNet`) and returns
     ``{"logits": (B, num_classes), "attention": (B, 1, D, H, W)}``, the attention map at the input's size
-    (:func:`attention_map`), ready to be inverted to the image's space and saved. A network without
-    ``forward_attention`` (a plain classifier) gives ``{"logits": ...}`` only.
+    (:func:`attention_map`), ready to be inverted to the image's space and saved. Extra inputs (the tabular values
+    of a multimodal network, passed by ``PrepareBatchExtraInput``) go to the network too. A network without
+    ``forward_attention`` (a plain classifier) or without an image branch gives ``{"logits": ...}`` only.
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         module = getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
-        if not hasattr(module, "forward_attention"):
+        if not hasattr(module, "forward_attention") or not getattr(module, "image_branch", True):
             return {"logits": network(inputs, *args, **kwargs)}
-        logits, attentions = module.forward_attention(inputs)
+        logits, attentions = module.forward_attention(inputs, *args, **kwargs)
         return {"logits": logits, "attention": attention_map(attentions, inputs.shape[2:])}

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .engine import as_bool
+from .tabular_net import TabularEncoder
 
 __all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
 
@@ -102,15 +104,6 @@ class BAP3D(nn.Module):
         return self.pool_features(features, attentions), self.pool_features(features, fake)
 
 
-def _as_bool(value: bool | str, name: str) -> bool:
-    """A boolean setting; command-line overrides (``--cal false``) reach the network as the string 'false'."""
-    if isinstance(value, str):
-        if value.strip().lower() not in ("true", "false"):
-            raise ValueError(f"{name} must be true or false, got '{value}'.")
-        return value.strip().lower() == "true"
-    return bool(value)
-
-
 class CALNet(nn.Module):
     """
     CAL classifier: backbone feature map F -> M attention maps ``A = conv1x1x1(F)`` -> ``BAP3D(F, A)`` ->
@@ -136,6 +129,18 @@ class CALNet(nn.Module):
             CAL code's conv without bias + BatchNorm + ReLU, which keeps attention non-negative).
         scale: the factor applied to the feature matrix before the classifier (100 in the seed and the paper).
         fc_bias: whether the classifier has a bias (the seed: yes; the original code: no).
+        tabular_features: L > 0 adds the tabular branch: the network then takes a second input, the (B, L) tabular
+            values (NaN where missing), embedded by :class:`scripts.tabular_net.TabularEncoder` and fused with the
+            image embedding before the classifier; 0 (the default) is the image-only network.
+        tabular_kwargs: constructor arguments of the tabular encoder (``hidden_channels``, ``dropout``,
+            ``missing_indicator``, and the training split's ``mean`` and ``std``).
+        image_branch: ``False`` drops the image branch (backbone, attention, BAP3D) for a tabular-only model, the
+            comparison a multimodal claim needs; it requires ``tabular_features > 0`` and implies ``cal=False``.
+
+    Multimodal fusion is a concatenation of the image embedding ``scale * f`` and the tabular embedding ``e(t)``
+    read by one linear classifier, written as ``fc(scale * f) + tabular_fc(e(t))``. The counterfactual branch
+    swaps only the image attention and keeps the same tabular input: ``Y(A, t) - Y(Ā, t)``, in which the tabular
+    term cancels, so the effect measures what the attention adds, as in the image-only network.
     """
 
     def __init__(
@@ -152,10 +157,27 @@ class CALNet(nn.Module):
         attention_block: str = "conv",
         scale: float = 100.0,
         fc_bias: bool = True,
+        tabular_features: int = 0,
+        tabular_kwargs: dict[str, Any] | None = None,
+        image_branch: bool = True,
     ) -> None:
         super().__init__()
         if counterfactual not in COUNTERFACTUALS:
             raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
+        image_branch = as_bool(image_branch)  # "--use_image false" arrives as a string
+        self.tabular: TabularEncoder | None = None
+        self.tabular_fc: nn.Linear | None = None
+        if tabular_features > 0:
+            self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
+            self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias and not image_branch)
+        self.image_branch = image_branch
+        if not image_branch:
+            if self.tabular is None:
+                raise ValueError("image_branch=False (a tabular-only model) needs tabular_features > 0.")
+            self.backbone, self.attention, self.bap, self.fc = None, None, None, None
+            self.num_classes, self.num_attentions, self.cal = num_classes, 0, False
+            self.counterfactual, self.scale = counterfactual, scale
+            return
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, in_channels, spatial_size, **(backbone_kwargs or {}))
         self.backbone = backbone
@@ -174,7 +196,7 @@ class CALNet(nn.Module):
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = _as_bool(cal, "cal")
+        self.cal = as_bool(cal)
         self.counterfactual = counterfactual
         self.scale = scale
 
@@ -182,22 +204,54 @@ class CALNet(nn.Module):
         """Logits (B, num_classes) of a feature matrix (B, M*C)."""
         return self.fc(matrix * self.scale)
 
-    @torch.jit.export
-    def forward_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Factual logits (B, num_classes) and attention maps (B, M, d, h, w) of images (B, in_channels, D, H, W)."""
-        features = self.backbone(x)
-        attentions = self.attention(features)
-        return self.classify(self.bap.pool_features(features, attentions)), attentions
+    def tabular_logits(self, tabular: torch.Tensor | None) -> torch.Tensor | None:
+        """The tabular branch's share of the logits (B, num_classes) for values (B, L); None without the branch."""
+        if self.tabular is None or self.tabular_fc is None:
+            return None
+        if tabular is None:
+            raise ValueError("this CALNet has a tabular branch: pass the tabular values (B, L) as its second input.")
+        return self.tabular_fc(self.tabular(tabular))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Images (B, in_channels, D, H, W) -> logits (B, num_classes); in CAL training, a dict (see class doc)."""
+    @torch.jit.export
+    def forward_attention(
+        self, x: torch.Tensor, tabular: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Factual logits (B, num_classes) and attention maps (B, M, d, h, w) of images (B, in_channels, D, H, W)
+        (and their tabular values (B, L) when the network has the tabular branch).
+        """
+        if self.backbone is None or self.attention is None or self.bap is None:
+            raise RuntimeError("a tabular-only CALNet (image_branch=False) has no attention maps.")
         features = self.backbone(x)
         attentions = self.attention(features)
         logits = self.classify(self.bap.pool_features(features, attentions))
+        extra = self.tabular_logits(tabular)
+        if extra is not None:
+            logits = logits + extra
+        return logits, attentions
+
+    def forward(self, x: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """
+        Images (B, in_channels, D, H, W) (and tabular values (B, L) when the network has the tabular branch) ->
+        logits (B, num_classes); in CAL training, a dict (see class doc).
+        """
+        extra = self.tabular_logits(tabular)
+        if self.backbone is None or self.attention is None or self.bap is None:
+            if extra is None:
+                raise RuntimeError("a tabular-only CALNet (image_branch=False) needs its tabular input.")
+            return extra
+        features = self.backbone(x)
+        attentions = self.attention(features)
+        logits = self.classify(self.bap.pool_features(features, attentions))
+        if extra is not None:
+            logits = logits + extra
         if not (self.training and self.cal):
             return logits
         fake = counterfactual_attention(attentions, self.counterfactual)
-        effect = logits - self.classify(self.bap.pool_features(features, fake))
+        counterfactual_logits = self.classify(self.bap.pool_features(features, fake))
+        if extra is not None:
+            counterfactual_logits = counterfactual_logits + extra  # the same tabular input: it cancels in the effect
+        effect = logits - counterfactual_logits
         return {"logits": logits, "effect": effect}
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from monai.data import NibabelWriter, load_decathlon_datalist
 
+from .tabular import attach_tabular
+
 __all__ = [
     "DATALIST_NAME",
     "SYNTHETIC_CLASSES",
@@ -179,8 +181,11 @@ def ensure_datalist(dataset_dir: str | os.PathLike, datalist: str = DATALIST_NAM
 
 
 def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
-    """Items of one split of a datalist, image (and mask) paths made absolute from the datalist's folder."""
-    return load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=split)
+    """
+    Items of one split of a datalist, image (and mask) paths made absolute from the datalist's folder; items get
+    their ``"tabular"`` values from the datalist's ``"tabular_csv"`` when it names one (:mod:`scripts.tabular`).
+    """
+    return attach_tabular(load_decathlon_datalist(datalist, is_segmentation=False, data_list_key=split), datalist)
 
 
 def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.data.utils import pickle_hashing
-from monai.engines import PrepareBatch, default_prepare_batch
+from monai.engines import PrepareBatchExtraInput, default_prepare_batch
 from torch import nn
 
 __all__ = [
@@ -69,13 +69,17 @@ def build_dataset(
     raise ValueError(f"unknown dataset_cache '{cache}', choose one of {DATASET_CACHES}.")
 
 
-class PlainTensorBatch(PrepareBatch):
+class PlainTensorBatch(PrepareBatchExtraInput):
     """
-    ``(image, label)`` of a batch dict, on ``device``, as plain ``torch.Tensor`` rather than MONAI ``MetaTensor``.
+    ``(image, label)`` of a batch dict, on ``device``, as plain ``torch.Tensor`` rather than MONAI ``MetaTensor``;
+    with ``extra_keys`` (e.g. ``["tabular"]``) also the extra network inputs, as ``PrepareBatchExtraInput`` does.
 
     A training step needs no image metadata; dropping it saves the metadata bookkeeping of every operation in
     the network and is what ``torch.compile`` requires (it cannot trace ``MetaTensor``).
     """
+
+    def __init__(self, extra_keys: str | Sequence[str] | dict[str, str] | None = None) -> None:
+        super().__init__(extra_keys or ())
 
     def __call__(
         self,
@@ -83,9 +87,12 @@ class PlainTensorBatch(PrepareBatch):
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        return _plain(image), _plain(label)
+    ) -> tuple:
+        if not self.extra_keys:
+            image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+            return _plain(image), _plain(label)
+        image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
+        return _plain(image), _plain(label), tuple(_plain(a) for a in args), {k: _plain(v) for k, v in extra.items()}
 
 
 def _plain(x: Any) -> Any:

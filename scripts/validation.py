@@ -36,6 +36,7 @@ import torch
 from monai.transforms import LoadImage
 
 from .handlers import case_name
+from .tabular import attach_tabular
 
 __all__ = [
     "Problem",
@@ -202,19 +203,20 @@ def _label_problem(label: Any, num_classes: int | None) -> tuple[str, str] | Non
 
 
 def _tabular_problem(item: Mapping, tabular_length: int) -> tuple[str, str] | None:
-    fix = f"give '{TABULAR_KEY}' as a list of {tabular_length} numbers for every case"
+    """A problem of the item's tabular vector; missing values (None or NaN) are allowed: they are imputed."""
+    fix = f"give '{TABULAR_KEY}' as a list of {tabular_length} numbers (null for a missing value) for every case"
     if TABULAR_KEY not in item:
         return (f"no '{TABULAR_KEY}' vector", fix)
     values = item[TABULAR_KEY]
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         return (f"'{TABULAR_KEY}' is {type(values).__name__}, not a list of numbers", fix)
     values = list(values)
-    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+    if not all(v is None or (isinstance(v, Real) and not isinstance(v, bool)) for v in values):
         return (f"'{TABULAR_KEY}' holds values that are not numbers", fix)
     if len(values) != tabular_length:
         return (f"'{TABULAR_KEY}' has {len(values)} values, expected {tabular_length}", fix)
-    if not all(math.isfinite(v) for v in values):
-        return (f"'{TABULAR_KEY}' holds NaN or infinite values", "impute the missing values, or remove the case")
+    if any(v is not None and math.isinf(v) for v in values):
+        return (f"'{TABULAR_KEY}' holds infinite values", "replace them with the measured value, or null if unknown")
     return None
 
 
@@ -317,7 +319,8 @@ def validate_datalist(
         splits: the splits to check; each must exist and be non-empty.
         num_classes: labels must lie in ``[0, num_classes)``; None checks only that they are non-negative integers.
         in_channels: the number of channels each image must have.
-        tabular_length: when set, each item must have ``"tabular"``: a list of this many finite numbers.
+        tabular_length: when set, each item must have ``"tabular"`` (its own, or its row of the datalist's
+            ``"tabular_csv"``): a list of this many numbers, None or NaN marking a missing value.
         reference_split: the split whose classes the others should contain (a class missing there is a warning);
             read from the file even when not in ``splits``; None skips the warning.
         num_workers: threads reading images (default: up to 4).
@@ -343,6 +346,12 @@ def validate_datalist(
                 Problem("datalist", str(datalist), f"split '{split}' is {what}", f"list the {split} cases under it")
             )
             continue
+        if tabular_length is not None and all(isinstance(i, Mapping) for i in items):
+            try:
+                items = attach_tabular([dict(i) for i in items], datalist)
+            except (OSError, ValueError) as e:
+                report.errors.append(Problem("datalist", str(datalist), str(e), "fix the tabular CSV or the items"))
+                continue
         validate_items(
             items, split, report, num_classes=num_classes, in_channels=in_channels, labelled=True,
             tabular_length=tabular_length, base_dir=base_dir, image_key=image_key, label_key=label_key, seen=seen,

@@ -116,9 +116,9 @@ def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path)
         assert sum(isinstance(h, writers) for h in train + validate) == 5
     else:
         assert not any(isinstance(h, (StatsHandler, TensorBoardStatsHandler)) for h in train + validate)
-        # LR schedule, validation and the resume checkpoint run on every process; the best-model saver too, so that
-        # its tracking state is the same everywhere, but its files are written by rank 0 only
-        assert len(train) == 3 and len(validate) == 1 and isinstance(validate[0], CheckpointSaver)
+        # LR schedule, validation, tabular statistics and the resume checkpoint run on every process; the best-model
+        # saver too, so that its tracking state is the same everywhere, but its files are written by rank 0 only
+        assert len(train) == 4 and len(validate) == 1 and isinstance(validate[0], CheckpointSaver)
     assert [h.print_lr for h in train if isinstance(h, LrScheduleHandler)] == [rank == 0]
 
 

@@ -185,9 +185,9 @@ def test_class_absent_from_training_is_a_warning(data):
         (None, "no 'tabular' vector", "'tabular' as a list of 4 numbers"),
         ("1,2,3,4", "'tabular' is str, not a list of numbers", "'tabular' as a list of 4 numbers"),
         ([1, 2, "x", 4], "values that are not numbers", "'tabular' as a list of 4 numbers"),
-        ([1, 2, float("nan"), 4], "NaN or infinite", "impute the missing values"),
+        ([1, 2, float("inf"), 4], "infinite values", "null if unknown"),
     ],
-    ids=["wrong-length", "missing", "string", "non-number", "nan"],
+    ids=["wrong-length", "missing", "string", "non-number", "infinite"],
 )
 def test_tabular_vector(data, tabular, reason, fix):
     datalist = json.loads((data / "datalist.json").read_text())
@@ -199,6 +199,31 @@ def test_tabular_vector(data, tabular, reason, fix):
     _edit(data, "training", 0, tabular=tabular)
     _only_error(_check(data, tabular_length=4), "training[0]", reason, fix)
     assert _check(data).ok  # without tabular input the key is not checked
+
+
+def test_tabular_missing_values_are_allowed(data):
+    """null / NaN mark a missing value, imputed by the tabular branch (training-split mean): not an error."""
+    datalist = json.loads((data / "datalist.json").read_text())
+    for split in ("training", "validation"):
+        for item in datalist[split]:
+            item["tabular"] = [0.0, None, 2.0, float("nan")]
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    assert _check(data, tabular_length=4).ok
+
+
+def test_tabular_values_from_the_datalists_csv_are_checked(data):
+    datalist = json.loads((data / "datalist.json").read_text())
+    datalist.update({"tabular_csv": "clinical.csv", "tabular_columns": ["a", "b"]})
+    rows = ["id,a,b"]
+    for split in ("training", "validation"):
+        for i, item in enumerate(datalist[split]):
+            item["id"] = f"{split}{i}"
+            rows.append(f"{split}{i},1.0,{'' if i == 0 else 2.0}")
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    (data / "clinical.csv").write_text("\n".join(rows) + "\n")
+    assert _check(data, tabular_length=2).ok  # an empty cell is a missing value
+    report = _check(data, tabular_length=3)
+    assert not report.ok and "'tabular' has 2 values, expected 3" in report.message()
 
 
 def test_one_message_lists_every_bad_case(data):
