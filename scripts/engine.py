@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["split_metrics", "as_bool"]
+import torch
+
+__all__ = ["split_metrics", "as_bool", "use_deterministic_algorithms"]
 
 
 def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,3 +37,13 @@ def as_bool(value: Any) -> bool:
             return False
         raise ValueError(f"'{value}' is not a true/false switch value; use true or false.")
     return bool(value)
+
+
+def use_deterministic_algorithms(enabled: bool | str) -> None:
+    """
+    With ``enabled`` (``--deterministic true``), make PyTorch use deterministic kernels only (an error where an
+    operation has none) and set the cuBLAS workspace that deterministic CUDA matrix products need.
+    """
+    if as_bool(enabled):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)

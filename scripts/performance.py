@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset, ThreadDataLoader
 from monai.data.utils import pickle_hashing
 from monai.engines import PrepareBatchExtraInput, default_prepare_batch
 from torch import nn
+
+from .engine import as_bool
 
 __all__ = [
     "DATASET_CACHES",
@@ -122,6 +124,7 @@ def prepare_network(
         ddp_kwargs: further arguments of ``DistributedDataParallel``.
     """
     device = torch.device(device)
+    channels_last, distributed, sync_batchnorm = as_bool(channels_last), as_bool(distributed), as_bool(sync_batchnorm)
     if distributed and sync_batchnorm:
         if device.type == "cuda":
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
@@ -136,15 +139,21 @@ def prepare_network(
     return network
 
 
+def loader_class(thread_loader: bool | str = False) -> type[DataLoader]:
+    """``ThreadDataLoader`` (batches prefetched in a background thread) if ``thread_loader``, else ``DataLoader``."""
+    return ThreadDataLoader if as_bool(thread_loader) else DataLoader
+
+
 def amp_enabled(amp: bool, device: str | torch.device) -> bool:
     """
     Whether MONAI's engines should run with automatic mixed precision: ``amp`` on a CUDA ``device``. MONAI's
     engines autocast on CUDA only, so on other devices a requested ``amp`` is ignored with a warning.
     """
+    amp = as_bool(amp)
     if amp and torch.device(device).type != "cuda":
         logger.warning("amp (mixed precision) runs on CUDA devices only; training on %s in float32.", device)
         return False
-    return bool(amp)
+    return amp
 
 
 def autocast_kwargs(dtype: str = "bfloat16") -> dict[str, Any]:
