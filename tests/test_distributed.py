@@ -182,7 +182,8 @@ def _evaluate_rank(rank: int, world_size: int, store: str, output_dir: str) -> N
 def test_validation_metrics_and_report_are_exact_across_uneven_shards(tmp_path):
     single = _evaluate(str(tmp_path / "single"))
     args = (2, str(tmp_path / "store"), str(tmp_path / "dist"))
-    mp.start_processes(_evaluate_rank, args=args, nprocs=2, join=True, start_method="fork")  # fork: no re-imports
+    # spawn, not fork: a forked child can crash (SIGSEGV) once the parent has started torch's thread pools
+    mp.start_processes(_evaluate_rank, args=args, nprocs=2, join=True, start_method="spawn")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r.pop("cases") for r in ranks] == [4, 3]
     single.pop("cases")
