@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .engine import as_bool
 
 __all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
 
@@ -127,6 +128,10 @@ class CALNet(nn.Module):
             CAL code's conv without bias + BatchNorm + ReLU, which keeps attention non-negative).
         scale: the factor applied to the feature matrix before the classifier (100 in the seed and the paper).
         fc_bias: whether the classifier has a bias (the seed: yes; the original code: no).
+        return_features: in ``train()`` mode, also return the feature matrix f (B, M*C) as ``"features"`` and the
+            attention maps A (B, M, d, h, w) as ``"attentions"`` (what the original recipe's centre loss and
+            attention-guided crop/drop need, see :mod:`scripts.recipe`); the output is then a dict even with
+            ``cal=False``. Eval mode still returns the logits tensor.
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class CALNet(nn.Module):
         attention_block: str = "conv",
         scale: float = 100.0,
         fc_bias: bool = True,
+        return_features: bool = False,
     ) -> None:
         super().__init__()
         if counterfactual not in COUNTERFACTUALS:
@@ -165,9 +171,10 @@ class CALNet(nn.Module):
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = cal
+        self.cal = as_bool(cal, "cal")
         self.counterfactual = counterfactual
         self.scale = scale
+        self.return_features = as_bool(return_features, "return_features")
 
     def classify(self, matrix: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of a feature matrix (B, M*C)."""
@@ -184,12 +191,18 @@ class CALNet(nn.Module):
         """Images (B, in_channels, D, H, W) -> logits (B, num_classes); in CAL training, a dict (see class doc)."""
         features = self.backbone(x)
         attentions = self.attention(features)
-        logits = self.classify(self.bap.pool_features(features, attentions))
-        if not (self.training and self.cal):
+        matrix = self.bap.pool_features(features, attentions)
+        logits = self.classify(matrix)
+        if not (self.training and (self.cal or self.return_features)):
             return logits
-        fake = counterfactual_attention(attentions, self.counterfactual)
-        effect = logits - self.classify(self.bap.pool_features(features, fake))
-        return {"logits": logits, "effect": effect}
+        output: dict[str, torch.Tensor] = {"logits": logits}
+        if self.cal:
+            fake = counterfactual_attention(attentions, self.counterfactual)
+            output["effect"] = logits - self.classify(self.bap.pool_features(features, fake))
+        if self.return_features:
+            output["features"] = matrix
+            output["attentions"] = attentions
+        return output
 
 
 def factual_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
