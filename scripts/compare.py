@@ -104,13 +104,20 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     return {key[2:]: DefaultParseValue(value) for key, value in zip(args[::2], args[1::2])}
 
 
+def _quote(arg: str) -> str:
+    """A shell word for ``arg``: as is when safe, in double quotes when that suffices (``"[28,28,28]"``)."""
+    if shlex.quote(arg) == arg:
+        return arg
+    return f'"{arg}"' if not set(arg) & set('"$`\\!') else shlex.quote(arg)
+
+
 def _command(run_id: str, config_file: Sequence[str], overrides: dict[str, Any]) -> str:
     """The ``python -m monai.bundle`` command line equivalent to one in-process run."""
     files = config_file[0] if len(config_file) == 1 else "[" + ",".join(f"'{f}'" for f in config_file) + "]"
     args = ["python", "-m", "monai.bundle", "run", run_id, "--config_file", files]
     for key, value in overrides.items():
         args += [f"--{key}", str(value).replace(" ", "") if isinstance(value, (list, tuple, dict)) else str(value)]
-    return " ".join(shlex.quote(a) for a in args)
+    return " ".join(_quote(a) for a in args)
 
 
 def _bundle(run_id: str, config_file: Sequence[str], overrides: dict[str, Any], log: Path) -> float:
@@ -233,7 +240,7 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def write_plot(results: Sequence[dict], rows: Sequence[str], path: Path, title: str = "") -> None:
-    """One panel per metric: every seed's test value as a dot, the mean ± std as a bar with error bars."""
+    """One panel per metric and row: every seed's test value as a dot, the mean as a tick with ± std whiskers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,13 +255,15 @@ def write_plot(results: Sequence[dict], rows: Sequence[str], path: Path, title: 
             if not values:
                 continue
             mean, std = _mean_std(values)
-            ax.bar(i, mean, yerr=std, color=colours[i % len(colours)], alpha=0.35, capsize=4)
-            ax.scatter([i] * len(values), values, color=colours[i % len(colours)], s=14, zorder=3)
+            colour = colours[i % len(colours)]
+            ax.errorbar(i, mean, yerr=std, fmt="_", markersize=22, color=colour, capsize=5, elinewidth=1.5)
+            ax.scatter([i + 0.12] * len(values), values, color=colour, s=14, alpha=0.7, zorder=3)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([ROWS[r][0].replace(" (", "\n(").replace(" + ", "\n+ ") for r in rows], fontsize=7)
         ax.set_title(name, fontsize=9)
         low = min((r[key] for r in results if r[key] is not None), default=0.0)
-        ax.set_ylim(max(0.0, low - 0.1), 1.0)
+        ax.set_xlim(-0.5, len(rows) - 0.5)
+        ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(r[key] for r in results if r[key] is not None) + 0.05))
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -324,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(own)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_dir) / "command.txt").write_text(
-        " ".join(["python -m scripts.compare", *(f"'{a}'" if set(a) & set(" []'\"") else a for a in argv)]) + "\n"
+        " ".join(["python -m scripts.compare", *(_quote(a) for a in argv)]) + "\n"
     )
     compare(args.dataset_dir, args.output_dir, args.seeds, args.rows.split(","), args.first_seed, overrides, args.title)
 
