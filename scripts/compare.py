@@ -13,8 +13,8 @@ and CSV, the per-run figures as CSV, and a plot::
 Everything after ``--`` is passed to every run as ``monai.bundle`` overrides (``--key value`` pairs, parsed as on
 the ``monai.bundle`` command line). Each run is the bundle's ``training`` workflow (``configs/train.json``) then its
 ``evaluating`` workflow (``configs/evaluate.json`` merged on it), executed with ``monai.bundle.run`` in this
-process (the bundle's own configs, no second training loop; one import of torch and MONAI for all runs). A run is
-logged to ``<output_dir>/<row>/seed<k>/{train,evaluate}.log`` and its equivalent command lines are written to
+process (the bundle's own configs, no second training loop; one import of torch and MONAI for all runs). A run's
+output goes to ``<output_dir>/<row>/seed<k>/{train,evaluate}.log`` and its equivalent command lines to
 ``commands.sh`` beside them; its checkpoint stays in ``<row>/seed<k>/models/model.pt`` and its test results in
 ``metrics.json`` and ``predictions.csv`` there. A finished run (``result.json`` present) is not repeated, so an
 interrupted comparison resumes where it stopped.
@@ -23,18 +23,20 @@ interrupted comparison resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
-import logging
 import math
 import os
 import shlex
 import sys
 import time
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "ROWS",
@@ -61,28 +63,6 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         {"cal": True, "center_loss_weight": 1.0, "attention_augment": True, "tta": True},
     ),
 }
-_LOG_CONF = """[loggers]
-keys=root
-
-[handlers]
-keys=fileHandler
-
-[formatters]
-keys=fullFormatter
-
-[logger_root]
-level=INFO
-handlers=fileHandler
-
-[handler_fileHandler]
-class=FileHandler
-level=INFO
-formatter=fullFormatter
-args=({path!r}, "w")
-
-[formatter_fullFormatter]
-format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
-"""
 METRICS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
@@ -120,34 +100,65 @@ def _command(run_id: str, config_file: Sequence[str], overrides: dict[str, Any])
     return " ".join(_quote(a) for a in args)
 
 
+class _Redirect(io.TextIOBase):
+    """
+    Stand-in for ``sys.stdout``/``sys.stderr`` during a comparison: what is written goes to the current run's log
+    file while a run is on, to the console otherwise. Log handlers that MONAI creates during a run keep this object
+    as their stream, so their output in later runs lands in those runs' logs too.
+    """
+
+    def __init__(self, console: TextIO) -> None:
+        super().__init__()
+        self.console = console
+        self.log: TextIO | None = None
+
+    def write(self, text: str) -> int:
+        return (self.log or self.console).write(text)
+
+    def flush(self) -> None:
+        (self.log or self.console).flush()
+
+
+@contextlib.contextmanager
+def _redirected() -> Iterator[tuple[_Redirect, _Redirect]]:
+    """Install the :class:`_Redirect` streams for the duration of a comparison."""
+    streams = _Redirect(sys.stdout), _Redirect(sys.stderr)
+    sys.stdout, sys.stderr = streams
+    try:
+        yield streams
+    finally:
+        sys.stdout, sys.stderr = streams[0].console, streams[1].console
+
+
 def _bundle(run_id: str, config_file: Sequence[str], overrides: dict[str, Any], log: Path) -> float:
     """
-    Run the bundle's ``run_id`` workflow with ``monai.bundle.run`` (config files relative to the bundle), logging
-    to ``log``; returns the wall time.
+    Run the bundle's ``run_id`` workflow with ``monai.bundle.run`` (config files relative to the bundle, its
+    ``configs/logging.conf``), its output into ``log``; returns the wall time.
     """
     from monai.bundle import run
 
-    conf = log.with_suffix(".logging.conf")
-    conf.write_text(_LOG_CONF.format(path=str(log)))
     start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="parsing config_file")  # the bundle's own configs are trusted
-            run(
-                run_id,
-                config_file=[str(BUNDLE_ROOT / f) for f in config_file],
-                logging_file=str(conf),
-                bundle_root=str(BUNDLE_ROOT),
-                **overrides,
-            )
-    except Exception as e:
-        raise RuntimeError(f"the bundle's '{run_id}' run failed ({e!r}); its log is {log}.") from e
-    finally:
-        root = logging.getLogger()
-        for handler in list(root.handlers):  # detach the run's log file
-            root.removeHandler(handler)
-            handler.close()
-        conf.unlink(missing_ok=True)
+    streams = [s for s in (sys.stdout, sys.stderr) if isinstance(s, _Redirect)]
+    with open(log, "w") as f:
+        for stream in streams:
+            stream.log = f
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="parsing config_file")  # the bundle's configs are trusted
+                run(
+                    run_id,
+                    config_file=[str(BUNDLE_ROOT / c) for c in config_file],
+                    logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
+                    bundle_root=str(BUNDLE_ROOT),
+                    **overrides,
+                )
+        except Exception as e:
+            traceback.print_exc()
+            raise RuntimeError(f"the bundle's '{run_id}' run failed ({e!r}); its log is {log}.") from e
+        finally:
+            for stream in streams:
+                stream.flush()
+                stream.log = None
     return time.perf_counter() - start
 
 
@@ -299,12 +310,13 @@ def compare(
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
     start = time.perf_counter()
     results = []
-    for seed in range(first_seed, first_seed + seeds):
-        for row in rows:
-            result = run_one(row, seed, dataset_dir, output_dir, overrides)
-            results.append(result)
-            figures = ", ".join(f"{k}={result[k]:.3f}" for k in METRICS if result[k] is not None)
-            print(f"[{time.perf_counter() - start:7.0f} s] {row} seed {seed}: {figures}", flush=True)
+    with _redirected():
+        for seed in range(first_seed, first_seed + seeds):
+            for row in rows:
+                result = run_one(row, seed, dataset_dir, output_dir, overrides)
+                results.append(result)
+                figures = ", ".join(f"{k}={result[k]:.3f}" for k in METRICS if result[k] is not None)
+                print(f"[{time.perf_counter() - start:7.0f} s] {row} seed {seed}: {figures}", flush=True)
     summary = summarize(results, rows)
     write_csv(results, output_dir / "runs.csv")
     write_csv(summary, output_dir / "comparison.csv")
