@@ -91,16 +91,24 @@ class ResNetBackbone(nn.Module):
     """
     MONAI 3D ResNet up to ``layer4``. ``conv1_t_stride=1`` and ``no_max_pool=True`` reduce the stride from 32
     to 8, which keeps a usable attention grid on small volumes; ``widen_factor`` scales the width.
+    ``num_stages`` < 4 stops after ``layer<num_stages>``: each stage fewer halves the stride (a finer attention
+    grid) at a lower cost, e.g. a stride-2 first convolution and 3 stages give a 4x4x4 grid on 28^3 input.
     """
 
-    def __init__(self, in_channels: int = 1, depth: int = 18, **kwargs: Any) -> None:
+    def __init__(self, in_channels: int = 1, depth: int = 18, num_stages: int = 4, **kwargs: Any) -> None:
         super().__init__()
+        if num_stages not in (1, 2, 3, 4):
+            raise ValueError(f"num_stages must be 1, 2, 3 or 4, got {num_stages}.")
         factory = {10: resnet10, 18: resnet18, 34: resnet34, 50: resnet50}[depth]
         net = factory(spatial_dims=3, n_input_channels=in_channels, feed_forward=False, **kwargs)
         stem = [net.conv1, net.bn1, net.act] + ([] if net.no_max_pool else [net.maxpool])
         self.stem = nn.Sequential(*stem)
-        self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
-        self.out_channels = net.in_planes
+        stages = [net.layer1, net.layer2, net.layer3, net.layer4][:num_stages]
+        self.layers = nn.Sequential(*stages)
+        if num_stages == 4:
+            self.out_channels = net.in_planes
+        else:  # the last normalisation layer of the last stage kept has its output width
+            self.out_channels = [m for m in stages[-1].modules() if hasattr(m, "num_features")][-1].num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, D, H, W) -> (B, C, d, h, w)."""

@@ -141,6 +141,10 @@ class CALNet(nn.Module):
     read by one linear classifier, written as ``fc(scale * f) + tabular_fc(e(t))``. The counterfactual branch
     swaps only the image attention and keeps the same tabular input: ``Y(A, t) - Y(Ā, t)``, in which the tabular
     term cancels, so the effect measures what the attention adds, as in the image-only network.
+        return_features: in ``train()`` mode, also return the feature matrix f (B, M*C) as ``"features"`` and the
+            attention maps A (B, M, d, h, w) as ``"attentions"`` (what the original recipe's centre loss and
+            attention-guided crop/drop need, see :mod:`scripts.recipe`); the output is then a dict even with
+            ``cal=False``. Eval mode still returns the logits tensor.
     """
 
     def __init__(
@@ -160,17 +164,19 @@ class CALNet(nn.Module):
         tabular_features: int = 0,
         tabular_kwargs: dict[str, Any] | None = None,
         image_branch: bool = True,
+        return_features: bool = False,
     ) -> None:
         super().__init__()
         if counterfactual not in COUNTERFACTUALS:
             raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
-        image_branch = as_bool(image_branch)  # "--use_image false" arrives as a string
+        image_branch = as_bool(image_branch, "image_branch")  # "--use_image false" arrives as a string
         self.tabular: TabularEncoder | None = None
         self.tabular_fc: nn.Linear | None = None
         if tabular_features > 0:
             self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
             self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias and not image_branch)
         self.image_branch = image_branch
+        self.return_features = as_bool(return_features, "return_features")
         if not image_branch:
             if self.tabular is None:
                 raise ValueError("image_branch=False (a tabular-only model) needs tabular_features > 0.")
@@ -196,7 +202,7 @@ class CALNet(nn.Module):
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = as_bool(cal)
+        self.cal = as_bool(cal, "cal")
         self.counterfactual = counterfactual
         self.scale = scale
 
@@ -233,7 +239,7 @@ class CALNet(nn.Module):
     def forward(self, x: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """
         Images (B, in_channels, D, H, W) (and tabular values (B, L) when the network has the tabular branch) ->
-        logits (B, num_classes); in CAL training, a dict (see class doc).
+        logits (B, num_classes); in CAL training (or with ``return_features``), a dict (see class doc).
         """
         extra = self.tabular_logits(tabular)
         if self.backbone is None or self.attention is None or self.bap is None:
@@ -242,17 +248,24 @@ class CALNet(nn.Module):
             return extra
         features = self.backbone(x)
         attentions = self.attention(features)
-        logits = self.classify(self.bap.pool_features(features, attentions))
+        matrix = self.bap.pool_features(features, attentions)
+        logits = self.classify(matrix)
         if extra is not None:
             logits = logits + extra
-        if not (self.training and self.cal):
+        if not (self.training and (self.cal or self.return_features)):
             return logits
-        fake = counterfactual_attention(attentions, self.counterfactual)
-        counterfactual_logits = self.classify(self.bap.pool_features(features, fake))
-        if extra is not None:
-            counterfactual_logits = counterfactual_logits + extra  # the same tabular input: it cancels in the effect
-        effect = logits - counterfactual_logits
-        return {"logits": logits, "effect": effect}
+        output: dict[str, torch.Tensor] = {"logits": logits}
+        if self.cal:
+            counterfactual_logits = self.classify(
+                self.bap.pool_features(features, counterfactual_attention(attentions, self.counterfactual))
+            )
+            if extra is not None:
+                counterfactual_logits = counterfactual_logits + extra  # the same tabular input: it cancels
+            output["effect"] = logits - counterfactual_logits
+        if self.return_features:
+            output["features"] = matrix
+            output["attentions"] = attentions
+        return output
 
 
 def factual_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:

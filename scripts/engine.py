@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["split_metrics", "as_bool", "use_deterministic_algorithms"]
+__all__ = ["split_metrics", "as_bool", "optional_items", "use_deterministic_algorithms"]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "none", "null", "")
 
 
 def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -24,19 +27,23 @@ def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any],
     return {key: metrics[key]}, {k: v for k, v in metrics.items() if k != key}
 
 
-def as_bool(value: Any) -> bool:
+def as_bool(value: Any, name: str = "value") -> bool:
     """
-    A config switch as a bool. ``python -m monai.bundle run ... --use_tabular false`` passes the string
-    ``"false"`` (the command line parser only turns ``False`` into a bool), which Python would take as true.
+    A config switch as a bool. ``python -m monai.bundle run ... --cal false`` passes the string ``"false"`` (the
+    command line parser only turns ``False`` into a bool), which Python would take as true: ``true``/``false``,
+    ``yes``/``no``, ``on``/``off`` and ``1``/``0`` are accepted in any case; any other text is an error.
     """
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off", "none", "null", ""):
-            return False
-        raise ValueError(f"'{value}' is not a true/false switch value; use true or false.")
+        if text in _TRUE + _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{name}: '{value}' is not a true/false switch value; use true or false.")
     return bool(value)
+
+
+def optional_items(items: Sequence[Any], enabled: Any) -> list[Any]:
+    """``items`` as a list when ``enabled`` (see :func:`as_bool`), else an empty list: an optional config block."""
+    return list(items) if as_bool(enabled, "enabled") else []
 
 
 def use_deterministic_algorithms(enabled: bool | str) -> None:
@@ -44,6 +51,6 @@ def use_deterministic_algorithms(enabled: bool | str) -> None:
     With ``enabled`` (``--deterministic true``), make PyTorch use deterministic kernels only (an error where an
     operation has none) and set the cuBLAS workspace that deterministic CUDA matrix products need.
     """
-    if as_bool(enabled):
+    if as_bool(enabled, "deterministic"):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -1,7 +1,11 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""The CAL loss: cross-entropy on the factual logits plus cross-entropy on the counterfactual effect."""
+"""
+The CAL loss: cross-entropy on the factual logits plus cross-entropy on the counterfactual effect, and, as options,
+the original recipe's terms: a centre loss on the feature matrix and cross-entropy on attention-guided crop/drop
+copies of the input (see :mod:`scripts.recipe`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CALLoss"]
+__all__ = ["CenterLoss", "CALLoss"]
+
+
+class CenterLoss(nn.Module):
+    """
+    Centre loss with moving-average class centres, as in the original CAL/WS-DAN code: with centres C
+    (num_classes, K), for feature matrices f (B, K) and labels y (B,), the loss is
+    ``sum((f - normalize(C[y]))**2) / B`` and, in training, every case then moves its class centre:
+    ``C[y] += beta * (f.detach() - normalize(C[y]))`` (contributions of cases of the same class add up). The
+    centres start at zero and are created on the first call (K is the feature size); they are a buffer, saved
+    with the loss's state.
+
+    Args:
+        num_classes: number of classes.
+        beta: the centres' update rate (0.05 in the original).
+    """
+
+    def __init__(self, num_classes: int, beta: float = 0.05) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.beta = beta
+        self.register_buffer("centers", None)
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = torch.as_tensor(target, device=features.device).reshape(-1).long()
+        if self.centers is None or self.centers.shape[1] != features.shape[1]:
+            self.centers = features.new_zeros(self.num_classes, features.shape[1])
+        self.centers = self.centers.to(features.device)
+        batch_centers = F.normalize(self.centers[target], dim=-1)
+        loss = ((features - batch_centers) ** 2).sum() / features.shape[0]
+        if self.training:
+            with torch.no_grad():
+                self.centers.index_add_(0, target, self.beta * (features.detach() - batch_centers))
+        return loss
 
 
 class CALLoss(nn.Module):
@@ -22,11 +59,25 @@ class CALLoss(nn.Module):
     ``"effect"`` (B, num_classes), or a plain logits tensor when CAL is off, which gets plain cross-entropy.
     ``target`` holds class indices, (B,) or (B, 1).
 
+    The original recipe's terms are added when the output carries what they need:
+
+    - ``"features"`` (B, K) and ``center_weight > 0``: ``center_weight *`` :class:`CenterLoss`;
+    - ``"aug_logits"`` (B, A, num_classes), logits of A augmented copies of each case
+      (:class:`scripts.recipe.AttentionAugmentInferer`): ``augment_weight * CE(aug_logits, y)``, and the effect
+      term is taken over the raw and augmented effects together (``"aug_effect"``), as in the original:
+      ``CE(raw)/3 + CE(effect over raw and augmented) + CE(augmented) * 2/3 + centre loss``.
+
+    A dict without ``"effect"`` (CAL off, recipe on) weighs the raw cross-entropy by 1.
+
     Args:
         factual_weight: weight of the factual cross-entropy (with CAL on).
         effect_weight: weight of the effect cross-entropy.
         class_weights: optional per-class weights of every cross-entropy term (for imbalanced data).
         label_smoothing: label smoothing of every cross-entropy term.
+        center_weight: weight of the centre loss (0: off; the original: 1).
+        center_beta: the centres' update rate.
+        num_classes: number of classes, needed when ``center_weight > 0``.
+        augment_weight: weight of the cross-entropy on augmented copies (the original: 2/3).
     """
 
     def __init__(
@@ -35,6 +86,10 @@ class CALLoss(nn.Module):
         effect_weight: float = 1.0,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
+        center_weight: float = 0.0,
+        center_beta: float = 0.05,
+        num_classes: int | None = None,
+        augment_weight: float = 2.0 / 3.0,
     ) -> None:
         super().__init__()
         self.factual_weight = factual_weight
@@ -42,6 +97,13 @@ class CALLoss(nn.Module):
         self.label_smoothing = label_smoothing
         weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weight, persistent=False)
+        self.center_weight = center_weight
+        self.augment_weight = augment_weight
+        self.center_loss: CenterLoss | None = None
+        if center_weight > 0:
+            if num_classes is None:
+                raise ValueError("the centre loss needs num_classes: pass num_classes with center_weight > 0.")
+            self.center_loss = CenterLoss(num_classes, center_beta)
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of logits (B, num_classes) against class indices (B,)."""
@@ -52,6 +114,22 @@ class CALLoss(nn.Module):
         target = torch.as_tensor(target).reshape(-1).long()
         if not isinstance(output, dict):
             return self.cross_entropy(output, target)
-        factual = self.cross_entropy(output["logits"], target)
-        effect = self.cross_entropy(output["effect"], target)
-        return self.factual_weight * factual + self.effect_weight * effect
+        aug_logits = output.get("aug_logits")
+        aug_target = None
+        if aug_logits is not None:
+            aug_target = target.to(aug_logits.device).repeat_interleave(aug_logits.shape[1])
+            aug_logits = aug_logits.reshape(-1, aug_logits.shape[-1])
+        if "effect" in output:
+            loss = self.factual_weight * self.cross_entropy(output["logits"], target)
+            effect, effect_target = output["effect"], target
+            if aug_target is not None and "aug_effect" in output:
+                aug_effect = output["aug_effect"].reshape(-1, effect.shape[-1])
+                effect, effect_target = torch.cat([effect, aug_effect]), torch.cat([target, aug_target])
+            loss = loss + self.effect_weight * self.cross_entropy(effect, effect_target)
+        else:
+            loss = self.cross_entropy(output["logits"], target)
+        if aug_logits is not None:
+            loss = loss + self.augment_weight * self.cross_entropy(aug_logits, aug_target)
+        if self.center_loss is not None and "features" in output:
+            loss = loss + self.center_weight * self.center_loss(output["features"], target)
+        return loss

@@ -210,3 +210,14 @@ def test_cal_flag_from_the_command_line():
     assert isinstance(tiny_net(cal="True").train()(x), dict)
     with pytest.raises(ValueError, match="not a true/false switch value"):
         tiny_net(cal="maybe")
+
+
+@pytest.mark.parametrize("num_stages, grid, channels", [(3, 4, 32), (4, 2, 64)])
+def test_resnet_stages_trade_depth_for_a_finer_attention_grid(num_stages, grid, channels):
+    kwargs = {"depth": 10, "widen_factor": 0.125, "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}
+    net = CALNet(2, spatial_size=28, backbone="resnet", backbone_kwargs={**kwargs, "num_stages": num_stages}).eval()
+    logits, attentions = net.forward_attention(torch.rand(1, 1, 28, 28, 28))
+    assert net.backbone.out_channels == channels and attentions.shape[2:] == (grid, grid, grid)
+    assert logits.shape == (1, 2)
+    with pytest.raises(ValueError, match="num_stages"):
+        CALNet(2, backbone="resnet", backbone_kwargs={**kwargs, "num_stages": 5})

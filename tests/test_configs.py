@@ -83,3 +83,41 @@ def test_inference_matches_training_network():
 @pytest.mark.skipif(not (SHARED / "schemas").is_dir(), reason="../shared/schemas (the offline metadata schema) absent")
 def test_verify_metadata_offline():
     run_bundle("verify_metadata", "--meta_file", META, "--filepath", str(SHARED / "schemas/meta_schema_20240725.json"))
+
+
+def _parsed(files, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["bundle_root"] = str(ROOT)
+    for key, value in overrides.items():
+        parser[key] = value
+    parser.parse()
+    return parser
+
+
+def test_imbalance_and_recipe_options_are_off_by_default(tiny_dataset):
+    parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset))
+    net = parser.get_parsed_content("network_def")
+    assert net.cal is True and net.return_features is False
+    assert parser.get_parsed_content("train#inferer").enabled is False
+    assert parser.get_parsed_content("validate#inferer").enabled is False
+    loss = parser.get_parsed_content("loss")
+    assert loss.center_loss is None and loss.class_weights is None
+    assert parser.get_parsed_content("train#sampler") is None
+    assert parser.get_parsed_content("train#dataloader#shuffle") is True
+    assert parser.get_parsed_content("train#spatial_augmentation") == []
+
+
+def test_options_switch_on_from_command_line_strings(tiny_dataset):
+    switches = {"balanced_sampling": "true", "spatial_augmentation": "true", "attention_augment": "true",
+                "tta": "true", "center_loss_weight": 1.0, "class_weights": "auto", "cal": "false"}  # fmt: skip
+    parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset), **switches)
+    net = parser.get_parsed_content("network_def")
+    assert net.cal is False and net.return_features is True  # "false" on the command line is False
+    assert parser.get_parsed_content("train#inferer").enabled is True
+    assert parser.get_parsed_content("validate#inferer").enabled is True
+    loss = parser.get_parsed_content("loss")
+    assert loss.center_loss is not None and loss.class_weights.tolist() == [1.0, 1.0, 1.0, 1.0]  # balanced data
+    assert parser.get_parsed_content("train#sampler") is not None
+    assert parser.get_parsed_content("train#dataloader#shuffle") is False
+    assert [type(t).__name__ for t in parser.get_parsed_content("train#spatial_augmentation")] == ["RandAffined"]
