@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,9 @@ __all__ = [
     "DATALIST_NAME",
     "SYNTHETIC_CLASSES",
     "synthetic_case",
+    "synthetic_affine",
+    "write_nifti",
+    "staged_folder",
     "generate_synthetic_dataset",
     "ensure_datalist",
     "load_split",
@@ -104,11 +109,45 @@ def synthetic_case(rng: np.random.Generator, label: int, size: int = 32) -> tupl
     return image.astype(np.float32), mask.astype(np.uint8)
 
 
-def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def synthetic_affine(size: int) -> np.ndarray:
+    """The synthetic volumes' 4x4 affine: 1.5 mm voxels, origin shifted so that the volume is centred on 0."""
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    affine[:3, 3] = -0.75 * (size - 1)
+    return affine
+
+
+def write_nifti(array: np.ndarray, path: str | os.PathLike, affine: np.ndarray | None = None) -> None:
+    """Write a (D, H, W) ``array`` as NIfTI at ``path`` with MONAI's ``NibabelWriter``, keeping its dtype."""
+    affine = np.eye(4) if affine is None else affine
     writer = NibabelWriter(output_dtype=array.dtype)
     writer.set_data_array(array, channel_dim=None)
     writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
     writer.write(str(path), verbose=False)
+
+
+@contextmanager
+def staged_folder(root: str | os.PathLike, subfolders: tuple[str, ...] = ("images",)) -> Iterator[Path]:
+    """
+    Build a data set in a temporary folder beside ``root`` (with ``subfolders`` made) and move it to ``root`` when
+    the block ends without error, so an interrupted run never leaves a partial data set; an error removes the
+    temporary folder. ``root`` must not exist or be empty; if another process fills it meanwhile, its copy is
+    kept and ``FileExistsError`` is raised.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for name in subfolders:
+            (tmp / name).mkdir()
+        yield tmp
+        if root.exists() and not any(root.iterdir()):
+            root.rmdir()
+        try:
+            tmp.rename(root)
+        except OSError:
+            raise FileExistsError(f"'{root}' already holds files; choose an empty or new folder.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def generate_synthetic_dataset(
@@ -125,38 +164,32 @@ def generate_synthetic_dataset(
     interrupted run never leaves a partial data set. Returns the datalist's path.
     """
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    affine = np.diag([1.5, 1.5, 1.5, 1.0])
-    affine[:3, 3] = -0.75 * (size - 1)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    (tmp / "images").mkdir()
-    (tmp / "masks").mkdir()
+    affine = synthetic_affine(size)
     datalist: dict = {
         "name": "cal_3d_classification synthetic balls",
         "description": "Synthetic 3D volumes; the class is the filling of one small ball among distractor blobs.",
         "labels": {str(i): name for i, name in enumerate(SYNTHETIC_CLASSES)},
         "tensorImageSize": "3D",
     }
-    index = 0
-    for split, count in zip(SPLITS, num_cases):
-        items = []
-        for i in range(count):
-            label = i % len(SYNTHETIC_CLASSES)
-            image, mask = synthetic_case(rng, label, size)
-            name = f"case_{index:04d}"
-            _write_nifti(image, affine, tmp / "images" / f"{name}.nii.gz")
-            _write_nifti(mask, affine, tmp / "masks" / f"{name}.nii.gz")
-            items.append({"image": f"images/{name}.nii.gz", "label": label, "mask": f"masks/{name}.nii.gz"})
-            index += 1
-        datalist[split] = items
-    (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
-    if root.exists() and not any(root.iterdir()):
-        root.rmdir()
     try:
-        tmp.rename(root)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+        with staged_folder(root, ("images", "masks")) as tmp:
+            index = 0
+            for split, count in zip(SPLITS, num_cases):
+                items = []
+                for i in range(count):
+                    label = i % len(SYNTHETIC_CLASSES)
+                    image, mask = synthetic_case(rng, label, size)
+                    name = f"case_{index:04d}"
+                    write_nifti(image, tmp / "images" / f"{name}.nii.gz", affine)
+                    write_nifti(mask, tmp / "masks" / f"{name}.nii.gz", affine)
+                    items.append({"image": f"images/{name}.nii.gz", "label": label, "mask": f"masks/{name}.nii.gz"})
+                    index += 1
+                datalist[split] = items
+            (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
+    except FileExistsError:  # another process generated it first (e.g. the other ranks of torchrun): keep its copy
+        if not (root / DATALIST_NAME).is_file():
+            raise
     return root / DATALIST_NAME
 
 

@@ -24,14 +24,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from monai.data import NibabelWriter
+from monai.transforms import LoadImage
 
-from .data import DATALIST_NAME
+from .data import DATALIST_NAME, staged_folder, write_nifti
 
 __all__ = ["MEDMNIST_3D_LABELS", "subset_name", "convert_npz", "main"]
 
@@ -62,14 +60,6 @@ SPLITS = {"training": "train", "validation": "val", "test": "test"}
 def subset_name(path: str | os.PathLike) -> str:
     """The MedMNIST subset a file holds, from its name: ``adrenalmnist3d_64.npz`` -> ``adrenalmnist3d``."""
     return re.sub(r"(_\d+)?\.npz$", "", Path(path).name.lower())
-
-
-def _write(array: np.ndarray, path: Path) -> None:
-    writer = NibabelWriter(output_dtype=array.dtype)
-    writer.set_data_array(array, channel_dim=None)
-    affine = np.eye(4)
-    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
-    writer.write(str(path), verbose=False)
 
 
 def _load(npz: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -134,31 +124,23 @@ def convert_npz(
         if not overwrite:
             raise FileExistsError(f"'{root}' is not empty: choose another --output_dir or pass --overwrite.")
         shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        (tmp / "images").mkdir()
-        datalist: dict = {
-            "name": subset,
-            "description": f"MedMNIST {subset} converted from {npz.name} (official splits). Yang et al., Scientific "
-            f"Data 10, 41 (2023); CC BY 4.0.",
-            "labels": {str(i): name for i, name in enumerate(names)},
-            "tensorImageSize": "3D",
-            "numTraining": len(splits["training"][1]),
-        }
+    datalist: dict = {
+        "name": subset,
+        "description": f"MedMNIST {subset} converted from {npz.name} (official splits). Yang et al., Scientific "
+        f"Data 10, 41 (2023); CC BY 4.0.",
+        "labels": {str(i): name for i, name in enumerate(names)},
+        "tensorImageSize": "3D",
+        "numTraining": len(splits["training"][1]),
+    }
+    with staged_folder(root) as tmp:
         for split, (images, labels) in splits.items():
             items = []
             for i, (image, label) in enumerate(zip(images, labels)):
                 name = f"images/{SPLITS[split]}_{i:04d}.nii.gz"
-                _write(np.ascontiguousarray(image), tmp / name)
+                write_nifti(np.ascontiguousarray(image), tmp / name)  # identity affine: 1 mm voxels
                 items.append({"image": name, "label": int(label)})
             datalist[split] = items
         (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
-        if root.exists():
-            root.rmdir()
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root / DATALIST_NAME
 
 
@@ -177,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     datalist = json.loads(path.read_text())
     counts = ", ".join(f"{split} {len(datalist[split])}" for split in SPLITS)
     print(f"wrote {path} ({counts}; classes {list(datalist['labels'].values())})")
-    shape = nib.load(path.parent / datalist["training"][0]["image"]).shape
+    shape = LoadImage(image_only=True)(str(path.parent / datalist["training"][0]["image"])).shape
     print(
         f"train: python -m monai.bundle run training --config_file configs/train.json --dataset_dir {path.parent} "
         f"--num_classes {len(datalist['labels'])} --spatial_size \"{list(shape)}\""

@@ -20,14 +20,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .data import DATALIST_NAME, SPLITS, SYNTHETIC_CLASSES, _write_nifti, synthetic_case
+from .data import DATALIST_NAME, SPLITS, SYNTHETIC_CLASSES, staged_folder, synthetic_affine, synthetic_case, write_nifti
 
 __all__ = ["TABULAR_GROUPS", "TABULAR_CSV", "multimodal_class_names", "tabular_case", "generate_multimodal_dataset"]
 
@@ -82,15 +80,10 @@ def generate_multimodal_dataset(
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"'{root}' already holds files; choose an empty or new folder.")
-    root.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    affine = np.diag([1.5, 1.5, 1.5, 1.0])
-    affine[:3, 3] = -0.75 * (size - 1)
+    affine = synthetic_affine(size)
     columns = [f"feature_{j}" for j in range(tabular_length)]
     names = multimodal_class_names(image_classes)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    (tmp / "images").mkdir()
-    (tmp / "masks").mkdir()
     datalist: dict = {
         "name": "cal_3d_classification synthetic multimodal",
         "description": "Synthetic volumes plus tabular values; the class is the ball's filling AND a tabular group.",
@@ -99,41 +92,35 @@ def generate_multimodal_dataset(
         "tabular_columns": columns,
     }
     rows = []
-    index = 0
-    for split, count in zip(SPLITS, num_cases):
-        items = []
-        for i in range(count):
-            label = i % len(names)
-            image, mask = synthetic_case(rng, fillings[label // 2], size)
-            values = tabular_case(rng, label % 2, tabular_length)
-            missing = rng.random(tabular_length) < missing_rate
-            tabular = [None if m else round(float(v), 4) for v, m in zip(values, missing)]
-            name = f"case_{index:04d}"
-            _write_nifti(image, affine, tmp / "images" / f"{name}.nii.gz")
-            _write_nifti(mask, affine, tmp / "masks" / f"{name}.nii.gz")
-            item = {"image": f"images/{name}.nii.gz", "label": label, "mask": f"masks/{name}.nii.gz", "id": name}
-            if use_csv:
-                rows.append([name] + ["" if v is None else v for v in tabular])
-            else:
-                item["tabular"] = tabular
-            items.append(item)
-            index += 1
-        datalist[split] = items
-    if use_csv:
-        datalist["tabular_csv"] = TABULAR_CSV
-        datalist["tabular_id_column"] = "id"
-        with open(tmp / TABULAR_CSV, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id"] + columns)
-            writer.writerows(rows)
-    (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
-    if root.exists() and not any(root.iterdir()):
-        root.rmdir()
-    try:
-        tmp.rename(root)
-    except OSError:  # another process filled the folder meanwhile: keep its files, drop the new copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FileExistsError(f"'{root}' already holds files; choose an empty or new folder.") from None
+    with staged_folder(root, ("images", "masks")) as tmp:
+        index = 0
+        for split, count in zip(SPLITS, num_cases):
+            items = []
+            for i in range(count):
+                label = i % len(names)
+                image, mask = synthetic_case(rng, fillings[label // 2], size)
+                values = tabular_case(rng, label % 2, tabular_length)
+                missing = rng.random(tabular_length) < missing_rate
+                tabular = [None if m else round(float(v), 4) for v, m in zip(values, missing)]
+                name = f"case_{index:04d}"
+                write_nifti(image, tmp / "images" / f"{name}.nii.gz", affine)
+                write_nifti(mask, tmp / "masks" / f"{name}.nii.gz", affine)
+                item = {"image": f"images/{name}.nii.gz", "label": label, "mask": f"masks/{name}.nii.gz", "id": name}
+                if use_csv:
+                    rows.append([name] + ["" if v is None else v for v in tabular])
+                else:
+                    item["tabular"] = tabular
+                items.append(item)
+                index += 1
+            datalist[split] = items
+        if use_csv:
+            datalist["tabular_csv"] = TABULAR_CSV
+            datalist["tabular_id_column"] = "id"
+            with open(tmp / TABULAR_CSV, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id"] + columns)
+                writer.writerows(rows)
+        (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
     return root / DATALIST_NAME
 
 
