@@ -208,6 +208,22 @@ def test_crop_inferer_averages_raw_and_crop_logits():
         torch.testing.assert_close(out["logits"], expected)
 
 
+def test_recipe_inferers_pass_the_tabular_values_on():
+    """With the tabular branch, the second input reaches every forward pass (crop and drop copies included)."""
+    net = _net(return_features=True, tabular_features=3).train()
+    x, tabular = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 3)
+    out = AttentionAugmentInferer()(x, net, tabular)
+    assert out["aug_logits"].shape == (2, 2, 3)
+    net.eval()
+    with torch.no_grad():
+        logits, attentions = net.forward_attention(x, tabular)
+        crop = attention_crop(x, attentions.mean(1, keepdim=True), 0.1, 0.05)
+        expected = (logits + net(crop, tabular)) / 2
+        torch.testing.assert_close(AttentionCropInferer()(x, net, tabular), expected)
+        with pytest.raises(ValueError, match="tabular"):
+            AttentionCropInferer()(x, net)
+
+
 def test_crop_inferer_rejects_mismatched_paddings():
     with pytest.raises(ValueError, match="padding"):
         AttentionCropInferer(thetas=[0.3, 0.2], padding=[0.1])
