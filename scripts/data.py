@@ -193,18 +193,27 @@ def generate_synthetic_dataset(
     return root / DATALIST_NAME
 
 
-def ensure_datalist(dataset_dir: str | os.PathLike, datalist: str = DATALIST_NAME, **synthetic_kwargs) -> str:
+def ensure_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str = DATALIST_NAME,
+    generate: bool = True,
+    hint: str = "",
+    **synthetic_kwargs,
+) -> str:
     """
-    Path of ``dataset_dir/datalist``. When ``dataset_dir`` does not exist or is empty, the synthetic default data
-    set is generated there first (``synthetic_kwargs`` go to :func:`generate_synthetic_dataset`); a folder with
-    files but no datalist is an error, since its files are somebody's data.
+    Path of ``dataset_dir/datalist``. When ``dataset_dir`` does not exist or is empty and ``generate`` is set, the
+    synthetic default data set is generated there first (``synthetic_kwargs`` go to
+    :func:`generate_synthetic_dataset`); otherwise a missing datalist is an error, which ends with ``hint`` (how to
+    get the data set). A folder with files but no datalist is always an error, since its files are somebody's data.
     """
     root = Path(dataset_dir)
     path = root / datalist
     if path.is_file():
         return str(path)
     if not root.exists() or not any(root.iterdir()):
-        return str(generate_synthetic_dataset(root, **synthetic_kwargs))
+        if generate:
+            return str(generate_synthetic_dataset(root, **synthetic_kwargs))
+        raise FileNotFoundError(f"no data set at '{root}' (no '{datalist}'). {hint}".strip())
     raise FileNotFoundError(
         f"'{root}' holds files but no '{datalist}'. Write a datalist there ({{\"training\": [{{\"image\": "
         f'"case.nii.gz", "label": 0}}, ...], "validation": [...], "test": [...]}}, paths relative to the '

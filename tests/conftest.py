@@ -14,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+# inference.json builds the released model's network; configs/synthetic.json switches it to train.json's defaults,
+# the network of every model the tests train (a command-line list of config files, relative to ROOT)
+SYNTHETIC_INFERENCE = "['configs/inference.json','configs/synthetic.json']"
 
 # A 16^3 data set and a one-block ViT: a whole bundle run takes seconds on a CPU.
 TINY_OVERRIDES = [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_OVERRIDES, run_bundle
+from tests.conftest import SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
 
 pytestmark = pytest.mark.slow
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
@@ -82,7 +82,7 @@ def test_inference_writes_csv_and_attention_in_image_geometry(trained, tmp_path)
         (folder / Path(item["image"]).name).symlink_to(trained["data"] / item["image"])
     out = tmp_path / "out"
     run_bundle(
-        "run", "inferring", "--config_file", "configs/inference.json", "--dataset_dir", str(folder),
+        "run", "inferring", "--config_file", SYNTHETIC_INFERENCE, "--dataset_dir", str(folder),
         "--ckpt_path", str(trained["models"] / "model.pt"), "--output_dir", str(out), *TINY_OVERRIDES,
     )  # fmt: skip
     rows = list(csv.DictReader(open(out / "predictions.csv")))

@@ -22,7 +22,7 @@ from monai.data import list_data_collate
 from scripts.data import load_split
 from scripts.multimodal_data import generate_multimodal_dataset, multimodal_class_names
 from scripts.tabular import tabular_statistics
-from tests.conftest import ROOT, TINY_OVERRIDES, run_bundle
+from tests.conftest import ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
 
 pytestmark = pytest.mark.slow
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
@@ -76,7 +76,7 @@ def test_inference_and_two_input_torchscript_agree(trained, dataset, tmp_path):
     out = tmp_path / "out"
     common = [*MULTIMODAL, *TINY_OVERRIDES, "--class_names", json.dumps(CLASSES).replace('"', "'")]
     run_bundle(
-        "run", "inferring", "--config_file", "configs/inference.json", "--dataset_dir", str(dataset),
+        "run", "inferring", "--config_file", SYNTHETIC_INFERENCE, "--dataset_dir", str(dataset),
         "--ckpt_path", str(trained["models"] / "model.pt"), "--output_dir", str(out), *common,
     )  # fmt: skip
     rows = list(csv.DictReader(open(out / "predictions.csv")))
@@ -91,11 +91,11 @@ def test_inference_and_two_input_torchscript_agree(trained, dataset, tmp_path):
     ts_path = tmp_path / "model.ts"
     run_bundle(
         "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(trained["models"] / "model.pt"),
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", *common,
+        "--meta_file", "configs/metadata.json", "--config_file", SYNTHETIC_INFERENCE, *common,
     )  # fmt: skip
     scripted = torch.jit.load(str(ts_path), map_location="cpu").eval()
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.read_config([str(ROOT / "configs" / f) for f in ("inference.json", "synthetic.json")])
     parser.update({"bundle_root": str(ROOT), "spatial_size": [16, 16, 16], "use_tabular": True, "tabular_length": 8})
     batch = list_data_collate([parser.get_parsed_content("preprocessing")(item) for item in items])
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_tabular_only_model_trains_and_infers(dataset, tmp_path):
     assert state and all(k.startswith("tabular") for k in state)  # no image branch at all
     out = tmp_path / "out"
     run_bundle(
-        "run", "inferring", "--config_file", "configs/inference.json", "--dataset_dir", str(dataset),
+        "run", "inferring", "--config_file", SYNTHETIC_INFERENCE, "--dataset_dir", str(dataset),
         "--ckpt_path", str(tmp_path / "models" / "model.pt"), "--output_dir", str(out), *tabular_only,
     )  # fmt: skip
     assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 8

@@ -68,16 +68,28 @@ def test_inference_exposes_monai_label_ids():
         assert key in parser, key
 
 
-def test_inference_matches_training_network():
-    """inference.json builds the same network as train.json by default, so a trained model.pt loads."""
+@pytest.mark.parametrize(
+    "training, inference",
+    [
+        (["train.json", "adrenalmnist3d.json"], ["inference.json"]),
+        (["train.json"], ["inference.json", "synthetic.json"]),
+    ],
+    ids=["released", "synthetic"],
+)
+def test_inference_matches_training_network(training, inference):
+    """
+    inference.json builds the network that train.json + adrenalmnist3d.json trains (the released weights), and with
+    synthetic.json the one train.json's defaults train: each trained model.pt loads.
+    """
     train, infer = ConfigParser(), ConfigParser()
-    train.read_config(TRAIN)
-    infer.read_config(INFERENCE)
+    train.read_config([str(CONFIGS / f) for f in training])
+    infer.read_config([str(CONFIGS / f) for f in inference])
     for p in (train, infer):
         p["bundle_root"] = str(ROOT)
     a, b = train.get_parsed_content("network_def"), infer.get_parsed_content("network_def")
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(a.state_dict()[k].shape == b.state_dict()[k].shape for k in a.state_dict())
+    assert len(infer["class_names"]) == train["num_classes"] == infer["num_classes"]
 
 
 @pytest.mark.skipif(not (SHARED / "schemas").is_dir(), reason="../shared/schemas (the offline metadata schema) absent")

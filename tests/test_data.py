@@ -65,6 +65,23 @@ def test_ensure_datalist_generates_into_empty_or_missing_folder(tmp_path):
     assert ensure_datalist(tmp_path / "empty", size=8, num_cases=(4, 4, 4)).endswith("datalist.json")
 
 
+def test_ensure_datalist_without_generation_says_how_to_get_the_data(tmp_path):
+    """configs/adrenalmnist3d.json turns generation off: a missing data set is an error with its hint, not a
+    synthetic data set in the public data set's folder."""
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import ROOT
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", "adrenalmnist3d.json")])
+    parser["dataset_dir"] = str(tmp_path / "adrenal28")
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("datalist")
+    assert isinstance(error.value.__cause__, FileNotFoundError)
+    assert "python -m scripts.medmnist" in str(error.value.__cause__)
+    assert not (tmp_path / "adrenal28").exists()
+
+
 def test_ensure_datalist_refuses_a_folder_of_someone_elses_files(tmp_path):
     (tmp_path / "scan.nii.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="holds files but no 'datalist.json'"):

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_OVERRIDES, run_bundle
+from tests.conftest import ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
 
 pytestmark = pytest.mark.slow
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
@@ -137,7 +137,7 @@ def test_inference_reports_bad_cases_and_keeps_the_good_ones(trained, tmp_path):
         _broken(scans, good[0], kind)
     out = tmp_path / "out"
     proc = run_bundle(
-        "run", "inferring", "--config_file", "configs/inference.json", "--dataset_dir", str(scans),
+        "run", "inferring", "--config_file", SYNTHETIC_INFERENCE, "--dataset_dir", str(scans),
         "--ckpt_path", str(trained["out"] / "models" / "model.pt"), "--output_dir", str(out), *TINY_OVERRIDES,
         check=False,
     )  # fmt: skip

@@ -1,0 +1,76 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+
+"""
+The released weights (``models/model.pt``, listed in large_files.yml): they load into inference.json's network,
+give class probabilities for a volume, and reproduce the test metrics recorded in ``eval_metrics`` of the metadata
+on AdrenalMNIST3D (when ``../shared/data`` holds it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from scripts.large_files import file_hash, read_large_files
+from scripts.medmnist import convert_npz
+from tests.conftest import ROOT, SHARED, run_bundle
+
+WEIGHTS = ROOT / "models" / "model.pt"
+NPZ = SHARED / "data" / "medmnist3d" / "adrenalmnist3d.npz"
+
+
+@pytest.fixture(scope="module")
+def released() -> dict:
+    """large_files.yml's entry of models/model.pt, when the file in models/ is that release (not retrained)."""
+    entry = next(e for e in read_large_files(ROOT) if e["path"] == "models/model.pt")
+    if not WEIGHTS.is_file():
+        pytest.skip("models/model.pt is absent: fetch it with `python -m scripts.large_files download`")
+    if file_hash(WEIGHTS, entry["hash_type"]) != entry["hash_val"]:
+        pytest.skip("models/model.pt is not the released file (retrained here?); `git checkout models/model.pt`")
+    return entry
+
+
+def _metadata() -> dict:
+    return json.loads((ROOT / "configs" / "metadata.json").read_text())
+
+
+def test_released_weights_load_into_inference_network(released):
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser["bundle_root"] = str(ROOT)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))  # strict: every key and shape
+    volume = torch.zeros(1, 1, *parser["spatial_size"])
+    volume[..., 8:20, 10:18, 9:19] = 1.0  # a blob in the middle, like an AdrenalMNIST3D shape mask
+    with torch.no_grad():
+        probs = torch.softmax(net.eval()(volume), dim=1)
+    assert probs.shape == (1, len(parser["class_names"])) and float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_metadata_records_the_released_metrics(released):
+    metrics = _metadata()["eval_metrics"]
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_f1_macro", "test_auc_macro"):
+        assert 0.5 < metrics[key] <= 1.0, key
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NPZ.is_file(), reason=f"{NPZ} (AdrenalMNIST3D, see ../shared/data/README.md) is absent")
+def test_released_weights_reproduce_their_test_metrics(released, tmp_path):
+    """The model card's evaluation command on the official test split gives the metadata's eval_metrics."""
+    data = tmp_path / "adrenal28"
+    convert_npz(NPZ, data)
+    configs = "['configs/train.json','configs/adrenalmnist3d.json','configs/evaluate.json']"
+    run_bundle(
+        "run", "evaluating", "--config_file", configs,
+        "--dataset_dir", str(data), "--ckpt_dir", str(ROOT / "models"), "--output_dir", str(tmp_path / "eval"),
+    )  # fmt: skip
+    measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    recorded = _metadata()["eval_metrics"]
+    assert measured["num_cases"] == 298
+    for key in ("accuracy", "balanced_accuracy", "f1_macro", "auc_macro"):
+        np.testing.assert_allclose(measured[key], recorded[f"test_{key}"], atol=1e-3, err_msg=key)
