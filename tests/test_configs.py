@@ -45,8 +45,10 @@ def test_config_parses_and_builds_network(files, tmp_path):
     [(TRAIN, "train"), (EVALUATE, "infer"), (INFERENCE, "infer")],
     ids=["train", "eval", "infer"],
 )
-def test_workflow_properties(files, workflow_type):
-    workflow = ConfigWorkflow(config_file=files, meta_file=META, workflow_type=workflow_type)
+def test_workflow_properties(files, workflow_type, tiny_dataset):
+    workflow = ConfigWorkflow(
+        config_file=files, meta_file=META, workflow_type=workflow_type, dataset_dir=str(tiny_dataset)
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
 
