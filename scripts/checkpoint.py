@@ -8,6 +8,8 @@ Checkpoints that survive a killed run.
 - :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` with atomic writes (MONAI's own writes in place,
   and with a fixed file name it deletes the old file before writing the new one) and a ``state_dict`` of its
   best-model tracking, so that a resumed run keeps selecting ``models/model.pt`` against the best score so far.
+- :class:`ModelCheckpointLoader` is MONAI's ``CheckpointLoader`` whose error, when the weights do not fit the
+  configured network, says which settings to pass.
 - :class:`TrainingCheckpoint` saves the whole training state (trainer epoch/iteration, network, optimizer, LR
   scheduler, best-model state) every epoch and optionally every N iterations, and resumes from it.
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["atomic_save", "AtomicSaver", "AtomicCheckpointSaver", "TrainingCheckpoint"]
+__all__ = ["atomic_save", "AtomicSaver", "AtomicCheckpointSaver", "TrainingCheckpoint", "ModelCheckpointLoader"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -88,6 +90,29 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
+
+
+MISMATCH_HINT = (
+    "the network this config builds does not fit those weights: they were trained with other settings. For a "
+    "model trained with train.json's defaults, add configs/synthetic.json: --config_file "
+    "\"['configs/inference.json','configs/synthetic.json']\"; for another model, pass the overrides its training "
+    "used (--backbone, --backbone_args#..., --num_classes, --spatial_size, --num_attentions, --use_tabular ...)."
+)
+
+
+class ModelCheckpointLoader(CheckpointLoader):
+    """
+    MONAI's ``CheckpointLoader`` (weights-only ``torch.load``) that explains a mismatch between the weights and the
+    configured network (missing or unexpected keys, other shapes) instead of only listing the tensors.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except RuntimeError as error:
+            if "state_dict" not in str(error):  # load_state_dict's "Error(s) in loading state_dict for ..."
+                raise
+            raise RuntimeError(f"cannot load '{self.load_path}': {MISMATCH_HINT}\n{error}") from error
 
 
 class AtomicSaver(BaseSaveHandler):
