@@ -22,6 +22,7 @@ from torch import nn
 from .engine import as_bool
 
 __all__ = [
+    "plain_tensor",
     "DATASET_CACHES",
     "AMP_DTYPES",
     "build_dataset",
@@ -92,12 +93,18 @@ class PlainTensorBatch(PrepareBatchExtraInput):
     ) -> tuple:
         if not self.extra_keys:
             image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-            return _plain(image), _plain(label)
+            return plain_tensor(image), plain_tensor(label)
         image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
-        return _plain(image), _plain(label), tuple(_plain(a) for a in args), {k: _plain(v) for k, v in extra.items()}
+        return (
+            plain_tensor(image),
+            plain_tensor(label),
+            tuple(plain_tensor(a) for a in args),
+            {k: plain_tensor(v) for k, v in extra.items()},
+        )
 
 
-def _plain(x: Any) -> Any:
+def plain_tensor(x: Any) -> Any:
+    """``x`` without MONAI metadata: a ``MetaTensor`` as a plain ``torch.Tensor``, anything else unchanged."""
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 

@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import nn
 
 from .attention import attention_map
 from .engine import as_bool
+from .performance import plain_tensor
 
 __all__ = [
     "select_attention_maps",
@@ -128,11 +128,6 @@ def attention_drop(images: torch.Tensor, maps: torch.Tensor, theta: float | Sequ
     return images * (~mask).to(images.dtype)
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """A batch without MONAI metadata: cropping and re-batching cases must not touch per-case meta dicts."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
 def _module(network: nn.Module) -> nn.Module:
     return getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
 
@@ -171,7 +166,7 @@ class AttentionAugmentInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
             return network(inputs, *args, **kwargs)
-        inputs = _plain(inputs)
+        inputs = plain_tensor(inputs)  # cropping and re-batching cases must not touch per-case meta dicts
         output = network(inputs, *args, **kwargs)
         if not isinstance(output, dict) or "attentions" not in output:
             raise ValueError(
@@ -254,7 +249,7 @@ class AttentionCropInferer(Inferer):
                 return {"logits": network(inputs, *args, **kwargs)}
             logits, attentions = _module(network).forward_attention(inputs, *args, **kwargs)
             return {"logits": logits, "attention": attention_map(attentions, inputs.shape[2:])}
-        inputs = _plain(inputs)
+        inputs = plain_tensor(inputs)
         logits, attentions = self._averaged(inputs, network, *args, **kwargs)
         if self.flip:
             logits = (logits + self._averaged(torch.flip(inputs, dims=(-1,)), network, *args, **kwargs)[0]) / 2
