@@ -12,25 +12,17 @@ geometric preprocessing as the image (orientation, resize with nearest interpola
 - **pointing game** (Zhang et al., ECCV 2016): a hit when the map's maximum lies inside the mask, or within
   ``tolerance`` voxels of it.
 
-Command: score trained models on the test split of a datalist whose items carry ``"mask"`` (the embedded
-synthetic data set does), one ``monai.bundle run scoring`` per model, then write a combined summary::
-
-    python -m scripts.attention_scores --runs cal=eval/runs/cal/models/model.pt \\
-        baseline=eval/runs/baseline/models/model.pt --output_dir eval/attention
-
-Any further ``--key value`` goes to every bundle run (e.g. ``--dataset_dir``, ``--backbone``).
+``configs/attention_scores.json`` runs them as the ``scoring`` workflow on a datalist whose items carry ``"mask"``
+(the synthetic data set does); ``python -m scripts.tools.score_attention`` scores several models and summarises.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +31,7 @@ import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
-from .data import load_split
+from .datalist import load_split
 from .handlers import case_name
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -58,11 +50,8 @@ __all__ = [
     "summary_markdown",
     "masked_items",
     "AttentionScoreReport",
-    "main",
 ]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-SCORING_CONFIGS = ("configs/train.json", "configs/evaluate.json", "configs/attention_scores.json")
 MAP_DESCRIPTIONS = {
     "attention": "CAL attention map: mean of the M attention maps, trilinear to the input size, [0, 1] per case",
     "gradcam": "Grad-CAM of the predicted class on the backbone's last feature map, trilinear to the input size, "
@@ -216,7 +205,7 @@ def summary_markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 
 def masked_items(datalist: str | os.PathLike, split: str = "test") -> list[dict]:
     """
-    Items of ``split`` of ``datalist`` (see :func:`scripts.data.load_split`), each checked to carry a ``"mask"``
+    Items of ``split`` of ``datalist`` (see :func:`scripts.datalist.load_split`), each checked to carry a ``"mask"``
     file: scoring attention needs the ground-truth mask of the discriminative region per case.
     """
     items = load_split(datalist, split)
@@ -249,7 +238,7 @@ class AttentionScoreReport:
       and :func:`score_case`'s columns per map);
     - ``attention_scores.json`` / ``attention_scores.md``: :func:`summarize` and its Markdown tables;
     - ``maps/<case>.npz`` for the first ``save_maps`` cases: ``image``, ``mask`` and the maps at the network's
-      input size, with ``label``, ``pred`` and ``class_names``, for ``python -m scripts.montage``.
+      input size, with ``label``, ``pred`` and ``class_names``, for ``python -m scripts.tools.montage``.
 
     Args:
         output_dir: folder of the files, created when missing.
@@ -350,61 +339,3 @@ class AttentionScoreReport:
             for m in map_names
         )
         self.logger.info(f"attention scores ({len(rows)} cases) -> {self.output_dir}: {text}")
-
-
-def _parse_runs(runs: Sequence[str]) -> dict[str, Path]:
-    parsed = {}
-    for run in runs:
-        name, sep, path = run.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--runs takes NAME=PATH/TO/model.pt items, got '{run}'.")
-        if not Path(path).is_file():
-            raise SystemExit(f"checkpoint of run '{name}' not found: '{path}'. Train it first or fix the path.")
-        parsed[name] = Path(path).resolve()
-    return parsed
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Score each ``--runs NAME=model.pt`` with ``monai.bundle run scoring``, then write the combined summary."""
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.attention_scores",
-        description="Score the attention of trained models against ground-truth masks (see the module's doc).",
-    )
-    parser.add_argument("--runs", nargs="+", required=True, help="NAME=path/to/model.pt, one per model")
-    parser.add_argument("--output_dir", default="eval/attention", help="results: <output_dir>/<NAME>/ and summary")
-    parser.add_argument("--tolerance", type=float, default=2.0, help="pointing-game tolerance, input voxels")
-    parser.add_argument("--save_maps", type=int, default=8, help="cases whose maps are saved for the montage")
-    parser.add_argument("--config_file", default=None, help="bundle configs (default: train+evaluate+scoring)")
-    args, overrides = parser.parse_known_args(argv)
-    runs = _parse_runs(args.runs)
-    out = Path(args.output_dir).resolve()
-    configs = args.config_file or str([str(BUNDLE_ROOT / c) for c in SCORING_CONFIGS])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BUNDLE_ROOT), os.environ.get("PYTHONPATH")]))}
-    summaries = {}
-    for name, ckpt in runs.items():
-        cmd = [
-            sys.executable, "-m", "monai.bundle", "run", "scoring", "--config_file", configs,
-            "--bundle_root", str(BUNDLE_ROOT), "--ckpt_path", str(ckpt), "--output_dir", str(out / name),
-            "--score_tolerance", str(args.tolerance), "--save_maps", str(args.save_maps), *overrides,
-        ]  # fmt: skip
-        print(f"scoring {name}: {ckpt}", flush=True)
-        subprocess.run(cmd, check=True, env=env)
-        summaries[name] = json.loads((out / name / "attention_scores.json").read_text())
-    rows = []
-    for name in runs:
-        with open(out / name / "attention_scores.csv", newline="") as f:
-            rows += [{"model": name, **row} for row in csv.DictReader(f)]
-    fields = list(dict.fromkeys(key for row in rows for key in row))  # models may differ in their maps
-    with open(out / "attention_scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.json").write_text(json.dumps(summaries, indent=2))
-    markdown = summary_markdown(summaries)
-    (out / "summary.md").write_text(markdown)
-    print(markdown)
-    return summaries
-
-
-if __name__ == "__main__":
-    main()

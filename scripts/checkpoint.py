@@ -93,10 +93,9 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 MISMATCH_HINT = (
-    "the network this config builds does not fit those weights: they were trained with other settings. For a "
-    "model trained with train.json's defaults, add configs/synthetic.json: --config_file "
-    "\"['configs/inference.json','configs/synthetic.json']\"; for another model, pass the overrides its training "
-    "used (--backbone, --backbone_args#..., --num_classes, --spatial_size, --num_attentions, --use_tabular ...)."
+    "the network this config builds does not fit those weights: they were trained with other settings. Fix: pass "
+    "the overrides their training used (--backbone, --backbone_args#..., --num_classes, --spatial_size, "
+    "--num_attentions, --use_tabular ...), or point --ckpt_path to weights of this network."
 )
 
 

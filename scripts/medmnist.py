@@ -6,7 +6,7 @@ Convert a MedMNIST 3D ``.npz`` file (the ``medmnist`` package's format: ``train_
 ``val_images``, ... with images (N, D, H, W) and labels (N, 1)) into NIfTI volumes and the bundle's datalist,
 keeping the official training/validation/test splits and the class names::
 
-    python -m scripts.medmnist --npz adrenalmnist3d.npz --output_dir data/adrenal28
+    python -m scripts.tools.convert_medmnist --npz adrenalmnist3d.npz --output_dir data/adrenal28
 
 then train and evaluate through the normal configs::
 
@@ -19,7 +19,6 @@ classification", Scientific Data 10, 41 (2023); data CC BY 4.0. The ``medmnist``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,11 +26,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from monai.transforms import LoadImage
 
-from .data import DATALIST_NAME, staged_folder, write_nifti
+from .datalist import DATALIST_NAME
+from .dataset_writer import staged_folder, write_nifti
 
-__all__ = ["MEDMNIST_3D_LABELS", "subset_name", "convert_npz", "main"]
+__all__ = ["MEDMNIST_3D_LABELS", "subset_name", "convert_npz"]
 
 # Class names of the six MedMNIST v2 3D subsets, as in the medmnist package's INFO[...]["label"].
 MEDMNIST_3D_LABELS: dict[str, tuple[str, ...]] = {
@@ -142,29 +141,3 @@ def convert_npz(
             datalist[split] = items
         (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=2))
     return root / DATALIST_NAME
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.medmnist", description="Convert a MedMNIST 3D .npz into NIfTI volumes and a datalist."
-    )
-    parser.add_argument("--npz", required=True, help="the MedMNIST .npz file, e.g. adrenalmnist3d.npz")
-    parser.add_argument("--output_dir", required=True, help="folder to write images/ and datalist.json into")
-    parser.add_argument("--subset", help=f"subset name for the class names (default: from the file name); known: "
-                        f"{', '.join(MEDMNIST_3D_LABELS)}")  # fmt: skip
-    parser.add_argument("--class_names", nargs="+", help="class names in label order (overrides --subset)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
-    args = parser.parse_args(argv)
-    path = convert_npz(args.npz, args.output_dir, args.subset, args.class_names, args.overwrite)
-    datalist = json.loads(path.read_text())
-    counts = ", ".join(f"{split} {len(datalist[split])}" for split in SPLITS)
-    print(f"wrote {path} ({counts}; classes {list(datalist['labels'].values())})")
-    shape = LoadImage(image_only=True)(str(path.parent / datalist["training"][0]["image"])).shape
-    print(
-        f"train: python -m monai.bundle run training --config_file configs/train.json --dataset_dir {path.parent} "
-        f"--num_classes {len(datalist['labels'])} --spatial_size \"{list(shape)}\""
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -14,9 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-# inference.json builds the released model's network; configs/synthetic.json switches it to train.json's defaults,
-# the network of every model the tests train (a command-line list of config files, relative to ROOT)
-SYNTHETIC_INFERENCE = "['configs/inference.json','configs/synthetic.json']"
+# The tests train, evaluate and infer on the synthetic fixture: configs/synthetic_attention.json on top of each
+# workflow's config (command-line lists of config files, relative to ROOT).
+TRAIN = "['configs/train.json','configs/synthetic_attention.json']"
+EVALUATE = "['configs/train.json','configs/synthetic_attention.json','configs/evaluate.json']"
+SYNTHETIC_INFERENCE = "['configs/inference.json','configs/synthetic_attention.json']"
 
 # A 16^3 data set and a one-block ViT: a whole bundle run takes seconds on a CPU.
 TINY_OVERRIDES = [
@@ -44,7 +46,7 @@ def run_bundle(*args: str, cwd: Path = ROOT, check: bool = True, env: dict | Non
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A 16^3 synthetic data set (16 training, 8 validation, 8 test cases) with its datalist."""
-    from scripts.data import generate_synthetic_dataset
+    from scripts.tools.synthetic_data import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data") / "synthetic"
     generate_synthetic_dataset(root, size=16, num_cases=(16, 8, 8), seed=0)

@@ -17,7 +17,6 @@ from monai.bundle import ConfigParser
 
 from scripts.attention_scores import (
     energy_fraction,
-    main,
     masked_items,
     peak_distance,
     pointing_game,
@@ -25,7 +24,8 @@ from scripts.attention_scores import (
     summarize,
     summary_markdown,
 )
-from tests.conftest import ROOT, TINY_OVERRIDES, run_bundle
+from scripts.tools.score_attention import main
+from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_scoring_and_montage_commands_end_to_end(tiny_dataset, tmp_path):
     ckpts = {}
     for name, cal in (("cal", "true"), ("baseline", "false")):
         run_bundle(
-            "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+            "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
             "--ckpt_dir", str(tmp_path / name), "--output_dir", str(tmp_path / name), "--epochs", "1",
             "--cal", cal, *TINY_OVERRIDES,
         )  # fmt: skip
@@ -156,7 +156,7 @@ def test_scoring_and_montage_commands_end_to_end(tiny_dataset, tmp_path):
     assert len(rows) == 16 and {"model", "case", "attention_energy", "gradcam_hit_tol"} <= set(rows[0])
     assert "| cal | attention |" in (out / "summary.md").read_text()
 
-    from scripts.montage import main as montage
+    from scripts.tools.montage import main as montage
 
     png = montage([str(out / "cal"), str(out / "baseline"), "--names", "CAL", "baseline", "--map", "gradcam",
                    "--num_cases", "2", "--output", str(tmp_path / "montage.png")])  # fmt: skip

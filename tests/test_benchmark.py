@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from scripts.benchmark import TARGETS, format_table, interleaved_times, step_peak_bytes
+from scripts.tools.benchmark import TARGETS, format_table, interleaved_times, step_peak_bytes
 from tests.conftest import ROOT
 
 TINY_ARGS = {
@@ -46,7 +46,7 @@ def test_interleaved_times_alternate_the_order():
 @pytest.mark.slow
 def test_benchmark_command_prints_all_figures(tmp_path):
     cmd = [
-        sys.executable, "-m", "scripts.benchmark", "--backbone", "vit", "resnet", "--spatial_size", "16",
+        sys.executable, "-m", "scripts.tools.benchmark", "--backbone", "vit", "resnet", "--spatial_size", "16",
         "--batch_size", "2", "--num_attentions", "4", "--warmup", "1", "--repeats", "2", "--data_steps", "2",
         "--backbone_args", json.dumps(TINY_ARGS), "--profile", str(tmp_path / "profile"),
         "--output", str(tmp_path / "benchmark.json"),

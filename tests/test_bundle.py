@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
+from tests.conftest import EVALUATE, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 pytestmark = pytest.mark.slow
-EVALUATE = "['configs/train.json','configs/evaluate.json']"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def trained(tiny_dataset, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("run")
     dirs = {"data": tiny_dataset, "models": out / "models", "eval": out / "eval"}
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
+        "run", "training", "--config_file", TRAIN, "--logging_file", "configs/logging.conf",
         "--dataset_dir", str(tiny_dataset), "--ckpt_dir", str(dirs["models"]), "--output_dir", str(dirs["eval"]),
         "--epochs", "2", "--log_interval", "2", *TINY_OVERRIDES,
     )  # fmt: skip
@@ -45,7 +44,7 @@ def test_training_writes_best_model_and_logs(trained):
 
 def test_run_without_id_trains_too(tiny_dataset, tmp_path):
     run_bundle(
-        "run", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+        "run", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
         "--cal", "false", "--backbone", "resnet", "--backbone_args#resnet#widen_factor", "0.125", *TINY_OVERRIDES,
     )  # fmt: skip

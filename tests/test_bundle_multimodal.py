@@ -19,13 +19,12 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import list_data_collate
 
-from scripts.data import load_split
-from scripts.multimodal_data import generate_multimodal_dataset, multimodal_class_names
+from scripts.datalist import load_split
 from scripts.tabular import tabular_statistics
-from tests.conftest import ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
+from scripts.tools.multimodal_data import generate_multimodal_dataset, multimodal_class_names
+from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 pytestmark = pytest.mark.slow
-EVALUATE = "['configs/train.json','configs/evaluate.json']"
 MULTIMODAL = ["--use_tabular", "true", "--tabular_length", "8"]
 CLASSES = multimodal_class_names()
 
@@ -43,7 +42,7 @@ def trained(dataset, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("mm_run")
     dirs = {"models": out / "models", "eval": out / "eval"}
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
+        "run", "training", "--config_file", TRAIN, "--logging_file", "configs/logging.conf",
         "--dataset_dir", str(dataset), "--ckpt_dir", str(dirs["models"]), "--output_dir", str(dirs["eval"]),
         "--epochs", "2", *MULTIMODAL, *TINY_OVERRIDES,
     )  # fmt: skip
@@ -95,7 +94,7 @@ def test_inference_and_two_input_torchscript_agree(trained, dataset, tmp_path):
     )  # fmt: skip
     scripted = torch.jit.load(str(ts_path), map_location="cpu").eval()
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / f) for f in ("inference.json", "synthetic.json")])
+    parser.read_config([str(ROOT / "configs" / f) for f in ("inference.json", "synthetic_attention.json")])
     parser.update({"bundle_root": str(ROOT), "spatial_size": [16, 16, 16], "use_tabular": True, "tabular_length": 8})
     batch = list_data_collate([parser.get_parsed_content("preprocessing")(item) for item in items])
     with torch.no_grad():
@@ -107,7 +106,7 @@ def test_inference_and_two_input_torchscript_agree(trained, dataset, tmp_path):
 def test_tabular_only_model_trains_and_infers(dataset, tmp_path):
     tabular_only = [*MULTIMODAL, "--use_image", "false", *TINY_OVERRIDES]
     run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(dataset),
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1", *tabular_only,
     )  # fmt: skip
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)

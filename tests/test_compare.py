@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from scripts.compare import METRICS, main
+from scripts.tools.compare import METRICS, main
 from tests.conftest import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_compare_trains_evaluates_and_tabulates(tiny_dataset, tmp_path):
     assert all(name in table for name in METRICS.values()) and "CAL + full recipe" in table and "±" in table
     assert "difference to the baseline" in table
     assert (out / "comparison.png").stat().st_size > 1000
-    assert (out / "command.txt").read_text().startswith("python -m scripts.compare")
+    assert (out / "command.txt").read_text().startswith("python -m scripts.tools.compare")
     # a second call reuses the finished runs instead of training again
     stamp = (out / "cal/seed0/models/model.pt").stat().st_mtime
     main(argv)
@@ -60,5 +60,5 @@ def test_compare_rejects_unknown_rows_and_missing_data(tmp_path):
         main(["--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="unknown rows"):
         main(["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--rows", "baseline,magic"])
-    with pytest.raises(FileNotFoundError, match="scripts.medmnist"):
+    with pytest.raises(FileNotFoundError, match="scripts.tools.convert_medmnist"):
         main(["--dataset_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o")])

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from scripts.compare_modalities import compare_modalities, format_table
-from scripts.multimodal_data import generate_multimodal_dataset
+from scripts.tools.compare_modalities import compare_modalities, format_table
+from scripts.tools.multimodal_data import generate_multimodal_dataset
 
 pytestmark = pytest.mark.slow
 

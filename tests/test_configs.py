@@ -47,7 +47,12 @@ def test_config_parses_and_builds_network(files, tmp_path):
 )
 def test_workflow_properties(files, workflow_type, tiny_dataset):
     workflow = ConfigWorkflow(
-        config_file=files, meta_file=META, workflow_type=workflow_type, dataset_dir=str(tiny_dataset)
+        config_file=files,
+        meta_file=META,
+        workflow_type=workflow_type,
+        dataset_dir=str(tiny_dataset),
+        num_classes=4,
+        class_names=["solid", "hollow", "striped", "checkered"],
     )
     workflow.initialize()
     assert workflow.check_properties() == []
@@ -70,28 +75,22 @@ def test_inference_exposes_monai_label_ids():
         assert key in parser, key
 
 
-@pytest.mark.parametrize(
-    "training, inference",
-    [
-        (["train.json", "adrenalmnist3d.json"], ["inference.json"]),
-        (["train.json"], ["inference.json", "synthetic.json"]),
-    ],
-    ids=["released", "synthetic"],
-)
-def test_inference_matches_training_network(training, inference):
-    """
-    inference.json builds the network that train.json + adrenalmnist3d.json trains (the released weights), and with
-    synthetic.json the one train.json's defaults train: each trained model.pt loads.
-    """
+def test_inference_builds_the_network_training_trains():
+    """One model: inference.json's network and class count are train.json's, with no overlay, so the model.pt that
+    training writes loads for evaluation and inference."""
     train, infer = ConfigParser(), ConfigParser()
-    train.read_config([str(CONFIGS / f) for f in training])
-    infer.read_config([str(CONFIGS / f) for f in inference])
+    train.read_config(str(CONFIGS / "train.json"))
+    infer.read_config(str(CONFIGS / "inference.json"))
     for p in (train, infer):
         p["bundle_root"] = str(ROOT)
     a, b = train.get_parsed_content("network_def"), infer.get_parsed_content("network_def")
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(a.state_dict()[k].shape == b.state_dict()[k].shape for k in a.state_dict())
-    assert len(infer["class_names"]) == train["num_classes"] == infer["num_classes"]
+    for key in ("num_classes", "in_channels", "spatial_size", "backbone", "num_attentions", "pool", "attention_block",
+                "embedded_data", "default_dataset_dir"):  # fmt: skip
+        assert train[key] == infer[key], key
+    assert train["backbone_args"][train["backbone"]] == infer["backbone_args"][infer["backbone"]]
+    assert len(infer["class_names"]) == infer["num_classes"]
 
 
 @pytest.mark.skipif(not (SHARED / "schemas").is_dir(), reason="../shared/schemas (the offline metadata schema) absent")
@@ -109,8 +108,22 @@ def _parsed(files, **overrides) -> ConfigParser:
     return parser
 
 
-def test_imbalance_and_recipe_options_are_off_by_default(tiny_dataset):
-    parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset))
+def test_defaults_are_the_released_recipe(tiny_dataset):
+    """train.json's defaults train the released model: CAL with the original recipe and the imbalance options (the
+    class count is the tiny set's here)."""
+    parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset), num_classes=4)
+    net = parser.get_parsed_content("network_def")
+    assert net.cal is True and net.return_features is True
+    assert parser.get_parsed_content("train#inferer").enabled is True
+    assert parser.get_parsed_content("validate#inferer").enabled is True
+    assert parser.get_parsed_content("loss").center_loss is not None
+    assert parser.get_parsed_content("loss").class_weights is not None
+    assert len(parser.get_parsed_content("train#spatial_augmentation")) == 1
+    assert parser["backbone"] == "resnet" and parser["spatial_size"] == [28, 28, 28]
+
+
+def test_synthetic_overlay_turns_the_recipe_off(tiny_dataset):
+    parser = _parsed([TRAIN, str(CONFIGS / "synthetic_attention.json")], dataset_dir=str(tiny_dataset))
     net = parser.get_parsed_content("network_def")
     assert net.cal is True and net.return_features is False
     assert parser.get_parsed_content("train#inferer").enabled is False
@@ -125,7 +138,7 @@ def test_imbalance_and_recipe_options_are_off_by_default(tiny_dataset):
 def test_options_switch_on_from_command_line_strings(tiny_dataset):
     switches = {"balanced_sampling": "true", "spatial_augmentation": "true", "attention_augment": "true",
                 "tta": "true", "center_loss_weight": 1.0, "class_weights": "auto", "cal": "false"}  # fmt: skip
-    parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset), **switches)
+    parser = _parsed([TRAIN, str(CONFIGS / "synthetic_attention.json")], dataset_dir=str(tiny_dataset), **switches)
     net = parser.get_parsed_content("network_def")
     assert net.cal is False and net.return_features is True  # "false" on the command line is False
     assert parser.get_parsed_content("train#inferer").enabled is True

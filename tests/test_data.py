@@ -9,15 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data import (
-    SYNTHETIC_CLASSES,
-    class_names,
-    ensure_datalist,
-    generate_synthetic_dataset,
-    inference_items,
-    load_split,
-    synthetic_case,
-)
+from scripts.datalist import class_names, inference_items, load_split
+from scripts.tools.synthetic_data import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_case
 
 
 @pytest.mark.parametrize("label", range(len(SYNTHETIC_CLASSES)))
@@ -57,36 +50,46 @@ def test_generate_dataset_layout_and_determinism(tmp_path):
     assert not list(tmp_path.glob(".a-*"))  # the temporary build folder is gone
 
 
-def test_ensure_datalist_generates_into_empty_or_missing_folder(tmp_path):
-    path = ensure_datalist(tmp_path / "new", size=8, num_cases=(4, 4, 4))
-    assert path.endswith("datalist.json")
-    assert ensure_datalist(tmp_path / "new") == path  # found, not regenerated
-    (tmp_path / "empty").mkdir()
-    assert ensure_datalist(tmp_path / "empty", size=8, num_cases=(4, 4, 4)).endswith("datalist.json")
-
-
-def test_ensure_datalist_without_generation_says_how_to_get_the_data(tmp_path):
-    """configs/adrenalmnist3d.json turns generation off: a missing data set is an error with its hint, not a
-    synthetic data set in the public data set's folder."""
+@pytest.mark.parametrize("state", ["missing", "empty", "files"])
+def test_a_named_folder_without_datalist_is_an_error_and_stays_untouched(tmp_path, state):
+    """A mistyped --dataset_dir stops with the fix; nothing (no synthetic or default data) is written there."""
     from monai.bundle import ConfigParser
 
     from tests.conftest import ROOT
 
+    folder = tmp_path / "adrenal28"
+    if state != "missing":
+        folder.mkdir()
+    if state == "files":
+        (folder / "scan.nii.gz").write_bytes(b"")
+    before = sorted(tmp_path.rglob("*"))
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", "adrenalmnist3d.json")])
-    parser["dataset_dir"] = str(tmp_path / "adrenal28")
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser["bundle_root"] = str(tmp_path)
+    parser["dataset_dir"] = str(folder)
     with pytest.raises(RuntimeError) as error:
         parser.get_parsed_content("datalist")
     assert isinstance(error.value.__cause__, FileNotFoundError)
-    assert "python -m scripts.medmnist" in str(error.value.__cause__)
-    assert not (tmp_path / "adrenal28").exists()
+    assert f"no data set at '{folder}'" in str(error.value.__cause__)
+    assert "--dataset_dir" in str(error.value.__cause__)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_ensure_datalist_refuses_a_folder_of_someone_elses_files(tmp_path):
-    (tmp_path / "scan.nii.gz").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="holds files but no 'datalist.json'"):
-        ensure_datalist(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]  # nothing written
+def test_default_data_is_built_from_the_embedded_file_on_first_use(tmp_path):
+    """The default --dataset_dir is converted from the AdrenalMNIST3D file shipped in docs/data (official splits,
+    class names), once; the second read finds it."""
+    from scripts.default_data import prepare_default_data
+    from tests.conftest import ROOT
+
+    default = tmp_path / "data" / "adrenalmnist3d"
+    npz = ROOT / "docs" / "data" / "adrenalmnist3d.npz"
+    assert prepare_default_data(default, default, npz) == str(default)
+    datalist = json.loads((default / "datalist.json").read_text())
+    assert [len(datalist[s]) for s in ("training", "validation", "test")] == [1188, 98, 298]
+    assert datalist["labels"] == {"0": "normal", "1": "hyperplasia"}
+    stamp = (default / "datalist.json").stat().st_mtime_ns
+    assert prepare_default_data(default, default, npz) == str(default)
+    assert (default / "datalist.json").stat().st_mtime_ns == stamp  # found, not rebuilt
 
 
 def test_load_split_resolves_paths(tiny_dataset):

@@ -202,7 +202,7 @@ def test_validation_metrics_and_report_are_exact_across_uneven_shards(tmp_path):
 @pytest.fixture(scope="module")
 def uneven_dataset(tmp_path_factory) -> Path:
     """16 training and 7 validation cases at 16^3: validation shards of 4 and 3 cases."""
-    from scripts.data import generate_synthetic_dataset
+    from scripts.tools.synthetic_data import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data") / "synthetic"
     generate_synthetic_dataset(root, size=16, num_cases=(16, NUM_VAL, 4), seed=0)

@@ -52,7 +52,7 @@ def _value(text: str):
 def _network(cli_overrides: list[str]) -> torch.nn.Module:
     """inference.json's ``network_def`` with command-line style overrides applied."""
     parser = ConfigParser()
-    parser.read_config([str(ROOT / f) for f in ("configs/inference.json", "configs/synthetic.json")])
+    parser.read_config([str(ROOT / f) for f in ("configs/inference.json", "configs/synthetic_attention.json")])
     parser["bundle_root"] = str(ROOT)
     for key, value in zip(cli_overrides[::2], cli_overrides[1::2]):
         parser[key.lstrip("-")] = _value(value)

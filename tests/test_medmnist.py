@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.medmnist import MEDMNIST_3D_LABELS, convert_npz, main, subset_name
+from scripts.medmnist import MEDMNIST_3D_LABELS, convert_npz, subset_name
+from scripts.tools.convert_medmnist import main
 from tests.conftest import SHARED, TINY_OVERRIDES, run_bundle
 
 SIZES = {"train": 8, "val": 4, "test": 4}

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from scripts.large_files import LARGE_FILES, PLACEHOLDER, download, hashes, read_large_files
+from scripts.tools.large_files import LARGE_FILES, PLACEHOLDER, download, hashes, read_large_files
 from tests.conftest import ROOT, run_bundle
 
 META = ROOT / "configs" / "metadata.json"

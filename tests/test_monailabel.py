@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-MONAI Label serves the bundle: the real server runs the bundle's app (scripts/monailabel_app) on 127.0.0.1, one
+MONAI Label serves the bundle: the real server runs the bundle's app (scripts/tools/monailabel_app) on 127.0.0.1, one
 NIfTI volume goes to ``/infer/cal_3d_classification`` over HTTP, and the answer names the predicted class and the
 probabilities of the classes in the metadata's ``channel_def``, equal to the bundle's own preprocessing and network
 run in this process.
@@ -33,7 +33,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export
 
-from scripts.data import synthetic_case
+from scripts.tools.synthetic_data import synthetic_case
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data import load_split
-from scripts.multimodal_data import generate_multimodal_dataset, multimodal_class_names, tabular_case
+from scripts.datalist import load_split
 from scripts.tabular import tabular_statistics
+from scripts.tools.multimodal_data import generate_multimodal_dataset, multimodal_class_names, tabular_case
 
 _OFFSETS = np.array([60.0, 5.0, 120.0, 0.5, -20.0, 1000.0, 3.0, 40.0])
 _SCALES = np.array([12.0, 0.5, 30.0, 0.1, 5.0, 250.0, 1.0, 8.0])

@@ -24,7 +24,7 @@ from scripts.performance import (
     build_dataset,
     prepare_network,
 )
-from tests.conftest import TINY_OVERRIDES, run_bundle
+from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 
@@ -129,7 +129,7 @@ def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path, caplog):
 def test_training_with_cpu_speed_options(tiny_dataset, tmp_path):
     """Memory cache, a thread loader over a worker process, channels-last, and AMP requested (ignored on CPU)."""
     proc = run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
         "--dataset_cache", "memory", "--thread_loader", "true", "--num_workers", "1", "--channels_last", "true",
         "--amp", str(not torch.cuda.is_available()).lower(), *TINY_OVERRIDES,
@@ -143,7 +143,7 @@ def test_training_with_cpu_speed_options(tiny_dataset, tmp_path):
 def test_training_with_disk_cache_and_compile(tiny_dataset, tmp_path):
     """PersistentDataset and torch.compile of the training step (``aot_eager``: traced, no C++ build in CI)."""
     run_bundle(
-        "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(tiny_dataset),
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
         "--dataset_cache", "disk", "--dataset_cache_dir", str(tmp_path / "cache"),
         "--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}", *TINY_OVERRIDES,

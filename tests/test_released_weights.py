@@ -16,12 +16,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.large_files import file_hash, read_large_files
-from scripts.medmnist import convert_npz
-from tests.conftest import ROOT, SHARED, run_bundle
+from scripts.tools.large_files import file_hash, read_large_files
+from tests.conftest import ROOT, run_bundle
 
 WEIGHTS = ROOT / "models" / "model.pt"
-NPZ = SHARED / "data" / "medmnist3d" / "adrenalmnist3d.npz"
+EMBEDDED = ROOT / "docs" / "data" / "adrenalmnist3d.npz"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def released() -> dict:
     """large_files.yml's entry of models/model.pt, when the file in models/ is that release (not retrained)."""
     entry = next(e for e in read_large_files(ROOT) if e["path"] == "models/model.pt")
     if not WEIGHTS.is_file():
-        pytest.skip("models/model.pt is absent: fetch it with `python -m scripts.large_files download`")
+        pytest.skip("models/model.pt is absent: fetch it with `python -m scripts.tools.large_files download`")
     if file_hash(WEIGHTS, entry["hash_type"]) != entry["hash_val"]:
         pytest.skip("models/model.pt is not the released file (retrained here?); `git checkout models/model.pt`")
     return entry
@@ -59,15 +58,13 @@ def test_metadata_records_the_released_metrics(released):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not NPZ.is_file(), reason=f"{NPZ} (AdrenalMNIST3D, see ../shared/data/README.md) is absent")
 def test_released_weights_reproduce_their_test_metrics(released, tmp_path):
-    """The model card's evaluation command on the official test split gives the metadata's eval_metrics."""
-    data = tmp_path / "adrenal28"
-    convert_npz(NPZ, data)
-    configs = "['configs/train.json','configs/adrenalmnist3d.json','configs/evaluate.json']"
+    """The model card's evaluation command on the embedded data's official test split gives the metadata's
+    eval_metrics."""
     run_bundle(
-        "run", "evaluating", "--config_file", configs,
-        "--dataset_dir", str(data), "--ckpt_dir", str(ROOT / "models"), "--output_dir", str(tmp_path / "eval"),
+        "run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
+        "--bundle_root", str(tmp_path), "--embedded_data", str(EMBEDDED),
+        "--ckpt_dir", str(ROOT / "models"), "--output_dir", str(tmp_path / "eval"),
     )  # fmt: skip
     measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     recorded = _metadata()["eval_metrics"]

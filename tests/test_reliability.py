@@ -24,15 +24,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
+from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 pytestmark = pytest.mark.slow
-EVALUATE = "['configs/train.json','configs/evaluate.json']"
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "run", "training", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
+        "run", "training", "--config_file", TRAIN, "--logging_file", "configs/logging.conf",
         "--dataset_dir", str(data), "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "eval"),
         *TINY_OVERRIDES, *extra,
     ]  # fmt: skip

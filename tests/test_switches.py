@@ -20,7 +20,7 @@ def parsed(tiny_dataset, tmp_path, **overrides) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
     settings = {"bundle_root": str(ROOT), "dataset_dir": str(tiny_dataset), "ckpt_dir": str(tmp_path / "models"),
-                "output_dir": str(tmp_path / "eval"), **overrides}  # fmt: skip
+                "output_dir": str(tmp_path / "eval"), "num_classes": 4, **overrides}  # fmt: skip
     for key, value in settings.items():
         parser[key] = value
     return parser

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scripts.cal_net import CALNet
-from scripts.data import load_split
+from scripts.datalist import load_split
 from scripts.tabular import (
     TabularStatisticsHandler,
     TabularVectord,

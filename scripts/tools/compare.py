@@ -7,7 +7,7 @@ Does CAL help? Train the same network as the baseline (CAL off), with CAL, and w
 and budget, N seeds each; evaluate every run on the test split; write the table (mean ± std over seeds) as Markdown
 and CSV, the per-run figures as CSV, and a plot::
 
-    python -m scripts.compare --dataset_dir data/adrenal28 --output_dir runs/adrenal28 --seeds 3 -- \\
+    python -m scripts.tools.compare --dataset_dir data/adrenal28 --output_dir runs/adrenal28 --seeds 3 -- \\
         --num_classes 2 --spatial_size "[28,28,28]" --backbone resnet --epochs 8
 
 Everything after ``--`` is passed to every run as ``monai.bundle`` overrides (``--key value`` pairs, parsed as on
@@ -50,7 +50,7 @@ __all__ = [
     "main",
 ]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["configs/train.json"]
 EVALUATE = ["configs/train.json", "configs/evaluate.json"]
 
@@ -303,8 +303,8 @@ def compare(
     dataset_dir, output_dir = Path(dataset_dir).resolve(), Path(output_dir).resolve()
     if not (dataset_dir / "datalist.json").is_file():
         raise FileNotFoundError(
-            f"no datalist.json in '{dataset_dir}': convert data first (python -m scripts.medmnist) or give a "
-            f"folder with a datalist."
+            f"no datalist.json in '{dataset_dir}': convert data first (python -m scripts.tools.convert_medmnist) or "
+            f"give a folder with a datalist."
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
@@ -332,11 +332,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.compare",
+        prog="python -m scripts.tools.compare",
         description="Baseline vs CAL vs CAL + full recipe, N seeds each, through the bundle's configs. Arguments "
         "after '--' are monai.bundle overrides given to every run (e.g. -- --num_classes 2 --epochs 8).",
     )
-    parser.add_argument("--dataset_dir", required=True, help="folder with datalist.json (e.g. from scripts.medmnist)")
+    parser.add_argument(
+        "--dataset_dir", required=True, help="folder with datalist.json (e.g. from scripts.tools.convert_medmnist)"
+    )
     parser.add_argument("--output_dir", required=True, help="folder for every run's checkpoint, logs and the table")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds per row (default 3)")
     parser.add_argument("--first_seed", type=int, default=0, help="first seed (default 0)")
@@ -345,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(own)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_dir) / "command.txt").write_text(
-        " ".join(["python -m scripts.compare", *(_quote(a) for a in argv)]) + "\n"
+        " ".join(["python -m scripts.tools.compare", *(_quote(a) for a in argv)]) + "\n"
     )
     compare(args.dataset_dir, args.output_dir, args.seeds, args.rows.split(","), args.first_seed, overrides, args.title)
 

@@ -6,8 +6,8 @@ The bundle's files that are not kept in git, listed in ``large_files.yml`` as th
 ``url``, ``hash_val``, ``hash_type`` per file): download them into place, or compute the hashes to record after a
 release::
 
-    python -m scripts.large_files download
-    python -m scripts.large_files hashes --write true
+    python -m scripts.tools.large_files download
+    python -m scripts.tools.large_files hashes --write true
 """
 
 from __future__ import annotations

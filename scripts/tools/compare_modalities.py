@@ -5,8 +5,8 @@
 Fused (image + tabular) vs image-only vs tabular-only: the same bundle, data, seed and budget, trained and
 evaluated three times through the bundle's own configs, test-split metrics side by side.
 
-    python -m scripts.multimodal_data --root data/multimodal
-    python -m scripts.compare_modalities --dataset_dir data/multimodal --output_dir eval/multimodal
+    python -m scripts.tools.multimodal_data --root data/multimodal
+    python -m scripts.tools.compare_modalities --dataset_dir data/multimodal --output_dir eval/multimodal
 
 Extra ``--key value`` pairs override the configs as with ``python -m monai.bundle run`` (e.g. ``--epochs 5``).
 Writes ``<output_dir>/<mode>/models/model.pt``, ``<output_dir>/<mode>/eval/metrics.json`` and
@@ -25,7 +25,7 @@ from monai.bundle import run
 
 __all__ = ["MODES", "compare_modalities", "format_table"]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 # the config switches of each model; everything else is shared
 MODES: dict[str, dict[str, Any]] = {
     "fused": {"use_tabular": True, "use_image": True},
@@ -50,7 +50,7 @@ def compare_modalities(
 ) -> dict[str, dict[str, Any]]:
     """
     Train and evaluate one model per mode of :data:`MODES` on ``dataset_dir`` (a datalist with tabular values,
-    e.g. from :mod:`scripts.multimodal_data`), with ``overrides`` applied to every run. Returns, per mode, the
+    e.g. from :mod:`scripts.tools.multimodal_data`), with ``overrides`` applied to every run. Returns, per mode, the
     test split's ``accuracy``, ``f1_macro``, ``auc_macro`` and ``num_cases``, also written to
     ``<output_dir>/comparison.json``.
     """

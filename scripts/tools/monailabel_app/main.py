@@ -13,7 +13,7 @@ the named probabilities to MONAI Label's classification answer.
 
 Run it from the bundle's folder, in an environment with ``monailabel`` (README, "Serve the bundle with MONAI Label")::
 
-    monailabel start_server --app scripts/monailabel_app --studies /path/to/volumes
+    monailabel start_server --app scripts/tools/monailabel_app --studies /path/to/volumes
 
 ``--conf bundle /path/to/bundle`` serves another copy of the bundle (default: the one this file is in); the bundle
 needs ``models/model.pt`` or ``models/model.ts``.
@@ -37,7 +37,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+BUNDLE_ROOT = Path(__file__).resolve().parents[3]
 
 
 def bundle_class_names(bundle: str | Path) -> tuple[str, list[str]]:

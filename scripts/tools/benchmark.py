@@ -25,8 +25,8 @@ network and step, and lists in the JSON the operators whose self time CAL increa
 
 Examples::
 
-    python -m scripts.benchmark                    # the seed's ViT-B and the bundle's ResNet at 64^3
-    python -m scripts.benchmark --backbone vit --batch_size 2 --repeats 5 --profile eval/benchmark
+    python -m scripts.tools.benchmark                    # the seed's ViT-B and the bundle's ResNet at 64^3
+    python -m scripts.tools.benchmark --backbone vit --batch_size 2 --repeats 5 --profile eval/benchmark
 
 Like ``monai.bundle run``, the command is an entry point that reads the bundle's training config (with the
 overrides above), so that it measures the network, loss and loader that training uses.
@@ -51,8 +51,9 @@ from monai.bundle import ConfigParser
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from .data import DATALIST_NAME, generate_synthetic_dataset
-from .performance import PlainTensorBatch, prepare_network
+from ..datalist import DATALIST_NAME
+from ..performance import PlainTensorBatch, prepare_network
+from .synthetic_data import generate_synthetic_dataset
 
 __all__ = [
     "SEED_VIT_B",
@@ -66,7 +67,7 @@ __all__ = [
     "main",
 ]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 # the seed's ViT-B: 64^3 input, 16^3 patches (a 4x4x4 token grid), 768 wide, 12 layers, 12 heads
 SEED_VIT_B = {"patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12}
 TARGETS = {"train_step_ratio": 1.05, "inference_ratio": 1.02, "peak_memory_ratio": 1.05, "data_wait_fraction": 0.05}
@@ -364,7 +365,7 @@ def _default_backbone_args(config_file: str, backbone: str) -> dict[str, Any]:
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m scripts.tools.benchmark", description=__doc__.split("\n\n")[1])
     p.add_argument("--backbone", nargs="+", default=["vit", "resnet"], choices=["vit", "resnet", "densenet"])
     p.add_argument(
         "--backbone_args",

@@ -5,14 +5,14 @@
 A synthetic multimodal data set: the class depends on the image AND on the tabular values, so neither alone can
 reach more than about half the cases, and a model that fuses both can reach all of them.
 
-Each case is a synthetic volume of :mod:`scripts.data` whose ball is one of two fillings (``image_classes``,
-e.g. solid or hollow), and L tabular values in raw, unequal units (an "age" around 60, a marker around 5, ...)
-of which the first two decide a group: ``high`` when their standardised sum is positive, ``low`` otherwise; the
-others are noise. The label is ``2 * filling + group`` (``solid_low``, ``solid_high``, ``hollow_low``,
+Each case is a synthetic volume of :mod:`scripts.tools.synthetic_data` whose ball is one of two fillings
+(``image_classes``, e.g. solid or hollow), and L tabular values in raw, unequal units (an "age" around 60, a marker
+around 5, ...) of which the first two decide a group: ``high`` when their standardised sum is positive, ``low``
+otherwise; the others are noise. The label is ``2 * filling + group`` (``solid_low``, ``solid_high``, ``hollow_low``,
 ``hollow_high``). A fraction of the values is missing (null / empty cell) to exercise the missing-value rule.
 
-    python -m scripts.multimodal_data --root data/multimodal               # inline "tabular" lists
-    python -m scripts.multimodal_data --root data/multimodal_csv --use_csv True  # a clinical.csv keyed by case id
+    python -m scripts.tools.multimodal_data --root data/multimodal               # inline "tabular" lists
+    python -m scripts.tools.multimodal_data --root data/multimodal_csv --use_csv True  # a clinical.csv keyed by case id
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DATALIST_NAME, SPLITS, SYNTHETIC_CLASSES, staged_folder, synthetic_affine, synthetic_case, write_nifti
+from ..datalist import DATALIST_NAME, SPLITS
+from ..dataset_writer import staged_folder, write_nifti
+from .synthetic_data import SYNTHETIC_CLASSES, synthetic_affine, synthetic_case
 
 __all__ = ["TABULAR_GROUPS", "TABULAR_CSV", "multimodal_class_names", "tabular_case", "generate_multimodal_dataset"]
 

@@ -4,9 +4,9 @@
 """
 A PNG montage of saliency maps, models side by side: for each case, axial / coronal / sagittal slices through each
 model's saliency peak, the map over the image, the ground-truth mask's contour. Reads the ``maps/<case>.npz`` files
-that ``python -m scripts.attention_scores`` (the ``scoring`` config) saves per model::
+that ``python -m scripts.tools.score_attention`` (the ``scoring`` config) saves per model::
 
-    python -m scripts.montage eval/attention/cal eval/attention/baseline --names CAL baseline \\
+    python -m scripts.tools.montage eval/attention/cal eval/attention/baseline --names CAL baseline \\
         --map attention --cases 3 --output eval/attention/montage_attention.png
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import SaliencyPanel, save_montage
+from ..plots import SaliencyPanel, save_montage
 
 __all__ = ["load_maps", "montage_rows", "main"]
 
@@ -29,8 +29,8 @@ def load_maps(run_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     files = sorted(folder.glob("*.npz"))
     if not files:
         raise FileNotFoundError(
-            f"no saved maps in '{folder}': run 'python -m scripts.attention_scores --runs NAME=model.pt ...' first "
-            "(it saves the first --save_maps cases), and give its <output_dir>/<NAME> folder."
+            f"no saved maps in '{folder}': run 'python -m scripts.tools.score_attention --runs NAME=model.pt ...' "
+            "first (it saves the first --save_maps cases), and give its <output_dir>/<NAME> folder."
         )
     out = {}
     for file in files:
@@ -71,7 +71,7 @@ def montage_rows(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m scripts.montage", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.tools.montage", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="scoring output folders (<output_dir>/<NAME>), one per model")
     parser.add_argument("--names", nargs="+", default=None, help="column titles (default: the folder names)")
     parser.add_argument("--map", default="attention", help="'attention' (CAL attention map) or 'gradcam'")

@@ -1,0 +1,3 @@
+# Copyright (c) 2026 cal_3d_classification contributors
+# Licensed under the Apache License, Version 2.0; see the LICENSE file.
+"""Tools that drive the bundle (comparison, benchmark, converters, data generators, serving); never imported by it."""
