@@ -34,6 +34,22 @@ def released() -> dict:
     return entry
 
 
+@pytest.mark.slow
+def test_default_training_writes_the_released_weights_byte_for_byte(tmp_path):
+    """README quick start, command 1: train.json's defaults on the embedded data train the released model; on a CPU
+    with the PyTorch that trained it, the file is the released one byte for byte (large_files.yml's hash)."""
+    entry = next(e for e in read_large_files(ROOT) if e["path"] == "models/model.pt")
+    trained_with = _metadata()["pytorch_version"]
+    if torch.__version__.split("+")[0] != trained_with or torch.cuda.is_available():
+        pytest.skip(f"byte-for-byte needs the CPU build of torch {trained_with} (this is {torch.__version__})")
+    run_bundle(
+        "run", "training", "--config_file", "configs/train.json",
+        "--bundle_root", str(tmp_path), "--embedded_data", str(EMBEDDED),
+    )  # fmt: skip
+    assert (tmp_path / "data" / "adrenalmnist3d" / "datalist.json").is_file()  # built from the embedded file
+    assert file_hash(tmp_path / "models" / "model.pt", entry["hash_type"]) == entry["hash_val"]
+
+
 def _metadata() -> dict:
     return json.loads((ROOT / "configs" / "metadata.json").read_text())
 
