@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from scripts.tools.benchmark import TARGETS, format_table, interleaved_times, step_peak_bytes
-from tests.conftest import ROOT
+from tests.conftest import run_command
 
 TINY_ARGS = {
     "vit": {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2},
@@ -52,7 +51,7 @@ def test_benchmark_command_prints_all_figures(tmp_path):
         "--output", str(tmp_path / "benchmark.json"),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = run_command(cmd, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
     assert report == json.loads((tmp_path / "benchmark.json").read_text())

@@ -30,16 +30,6 @@ def test_top_level_metadata_is_identical():
     assert filecmp.cmp(ROOT / "metadata.json", CONFIGS / "metadata.json", shallow=False)
 
 
-@pytest.mark.parametrize("files", [TRAIN, EVALUATE, INFERENCE], ids=["train", "evaluate", "inference"])
-def test_config_parses_and_builds_network(files, tmp_path):
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser["bundle_root"] = str(ROOT)
-    parser.parse()
-    net = parser.get_parsed_content("network_def")
-    assert net.num_classes == parser["num_classes"]
-
-
 @pytest.mark.parametrize(
     "files, workflow_type",
     [(TRAIN, "train"), (EVALUATE, "infer"), (INFERENCE, "infer")],

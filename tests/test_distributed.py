@@ -13,19 +13,18 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from scripts import distributed
-from tests.conftest import ROOT, TINY_OVERRIDES
+from tests.conftest import ROOT, TINY_OVERRIDES, run_command, run_spawned
 
-MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
+MULTI_GPU = "['configs/train.json','configs/synthetic_attention.json','configs/multi_gpu_train.json']"
 CLASSES = ["solid", "hollow", "striped", "checkered"]
 NUM_VAL = 7  # odd: two ranks get 4 and 3 cases, i.e. 2 and 1 batches of 3
 
@@ -92,19 +91,18 @@ def test_every_trainable_parameter_gets_a_gradient(backbone, args, size, cal):
     assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path):
-    """multi_gpu_train.json disables train.json's handlers by position: this fails if they move."""
+def _writing_handlers(_: int, rank: int, dataset_dir: str, tmp_path: str) -> None:
+    """In a spawned process: train.json + multi_gpu_train.json parsed as process ``rank`` would, in a gloo group."""
     from monai.bundle import ConfigParser
     from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", "multi_gpu_train.json")])
-    overrides = {"bundle_root": str(ROOT), "dataset_dir": str(tiny_dataset), "output_dir": str(tmp_path / "eval"),
-                 "ckpt_dir": str(tmp_path / "models"), "rank": rank}  # fmt: skip
+    overrides = {"bundle_root": str(ROOT), "dataset_dir": dataset_dir, "output_dir": f"{tmp_path}/eval",
+                 "ckpt_dir": f"{tmp_path}/models", "rank": rank}  # fmt: skip
     for key, value in overrides.items():
         parser[key] = value
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    _join(0, 1, f"{tmp_path}/store")
     try:
         train = parser.get_parsed_content("train#handlers")
         validate = parser.get_parsed_content("validate#handlers")
@@ -120,6 +118,19 @@ def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path)
         # saver too, so that its tracking state is the same everywhere, but its files are written by rank 0 only
         assert len(train) == 4 and len(validate) == 1 and isinstance(validate[0], CheckpointSaver)
     assert [h.print_lr for h in train if isinstance(h, LrScheduleHandler)] == [rank == 0]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path):
+    """multi_gpu_train.json disables train.json's handlers by position: this fails if they move."""
+    run_spawned(_writing_handlers, rank, str(tiny_dataset), str(tmp_path))
+
+
+def _join(rank: int, world_size: int, store: str) -> None:
+    """Join a gloo group through a file store; a collective that waits over a minute fails instead of hanging."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
+    )
 
 
 # --- metrics over uneven validation shards -------------------------------------------------------------------
@@ -169,7 +180,7 @@ def _evaluate(output_dir: str) -> dict:
 
 
 def _evaluate_rank(rank: int, world_size: int, store: str, output_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    _join(rank, world_size, store)
     distributed.init_process_group()  # the group exists: only ignite is told about it
     try:
         result = _evaluate(output_dir)
@@ -182,8 +193,7 @@ def _evaluate_rank(rank: int, world_size: int, store: str, output_dir: str) -> N
 def test_validation_metrics_and_report_are_exact_across_uneven_shards(tmp_path):
     single = _evaluate(str(tmp_path / "single"))
     args = (2, str(tmp_path / "store"), str(tmp_path / "dist"))
-    # spawn, not fork: a forked child can crash (SIGSEGV) once the parent has started torch's thread pools
-    mp.start_processes(_evaluate_rank, args=args, nprocs=2, join=True, start_method="spawn")
+    run_spawned(_evaluate_rank, *args, nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r.pop("cases") for r in ranks] == [4, 3]
     single.pop("cases")
@@ -219,7 +229,7 @@ def test_torchrun_two_processes_on_cpu(uneven_dataset, tmp_path):
         "--output_dir", str(tmp_path / "eval"), "--epochs", "2", "--log_interval", "1", "--dist_timeout", "300",
         *_without(TINY_OVERRIDES, "--batch_size"), "--batch_size", "3",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    proc = run_command(cmd, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     # both processes trained: 16 cases / 2 ranks / batch 3 = 3 iterations per epoch each

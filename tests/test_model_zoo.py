@@ -105,12 +105,13 @@ def test_large_files_follow_the_model_zoo_format():
 def test_large_files_are_ignored_by_git_or_tracked_with_their_hash():
     """A listed file is either kept out of git, or (the small released model.pt) tracked as the listed version."""
     for entry in read_large_files(ROOT):
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", entry["path"]], cwd=ROOT, capture_output=True)
+        git = {"cwd": ROOT, "capture_output": True, "timeout": 60}
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", entry["path"]], **git)
         if tracked.returncode == 0:
-            blob = subprocess.run(["git", "show", f"HEAD:{entry['path']}"], cwd=ROOT, capture_output=True).stdout
+            blob = subprocess.run(["git", "show", f"HEAD:{entry['path']}"], **git).stdout
             assert hashlib.md5(blob).hexdigest() == entry["hash_val"], f"{entry['path']} in git is not the listed one"
         else:
-            proc = subprocess.run(["git", "check-ignore", "-q", entry["path"]], cwd=ROOT)
+            proc = subprocess.run(["git", "check-ignore", "-q", entry["path"]], **git)
             assert proc.returncode == 0, f"{entry['path']} is neither tracked nor in .gitignore"
 
 

@@ -49,7 +49,8 @@ def _monailabel_python() -> str | None:
     ]
     for python in candidates:
         if python and Path(python).is_file():
-            if subprocess.run([str(python), "-c", "import monailabel"], capture_output=True).returncode == 0:
+            probe = subprocess.run([str(python), "-c", "import monailabel"], capture_output=True, timeout=300)
+            if probe.returncode == 0:
                 return str(python)
     return sys.executable if importlib.util.find_spec("monailabel") else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from scripts.performance import (
     build_dataset,
     prepare_network,
 )
-from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle
+from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle, run_spawned
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 
@@ -111,18 +112,30 @@ def test_amp_is_ignored_on_cpu_with_a_warning(caplog):
         autocast_kwargs("int8")
 
 
-def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path, caplog):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+def _wrap_in_a_process_group(rank: int, store: str) -> None:
+    """In a spawned process: a one-process gloo group, the network wrapped for it, one training step."""
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=1, timeout=timedelta(seconds=60)
+    )
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
     try:
-        with caplog.at_level(logging.WARNING):
-            net = prepare_network(_tiny_net(), "cpu", distributed=True, sync_batchnorm=True)
+        net = prepare_network(_tiny_net(), "cpu", distributed=True, sync_batchnorm=True)
         assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
-        assert "sync_batchnorm needs CUDA" in caplog.text
+        assert any("sync_batchnorm needs CUDA" in w for w in warnings), warnings
         assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
         out = net.train()(torch.rand(2, 1, 16, 16, 16))
         (out["logits"].sum() + out["effect"].sum()).backward()  # no unused parameters for DDP to reject
+        del net, out  # the DDP reducer goes before the group it holds
     finally:
+        logging.getLogger().removeHandler(handler)
         distributed.destroy_process_group()  # also resets ignite's view of the group
+
+
+def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path):
+    run_spawned(_wrap_in_a_process_group, str(tmp_path / "store"))
 
 
 @pytest.mark.slow

@@ -3,20 +3,16 @@
 
 """
 End-to-end reliability through ``python -m monai.bundle``: bad data stops training and evaluation before they
-start, inference reports bad cases and keeps the good ones, a SIGKILLed training resumes, and two runs with the
-same seed give the same numbers.
+start, inference reports bad cases and keeps the good ones, a training SIGKILLed at a given iteration resumes,
+and two runs with the same seed give the same numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
+from tests import crash
+from tests.conftest import EVALUATE, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -166,25 +163,21 @@ def _trainer_state(path: Path) -> dict:
 
 def test_training_killed_mid_epoch_resumes_to_the_same_number_of_epochs(tiny_dataset, tmp_path):
     epochs, per_epoch = 6, 8  # 16 training cases, batch 2
+    crash_at = per_epoch + 3  # inside epoch 2
     args = _train_args(
         tiny_dataset, tmp_path, "--epochs", str(epochs), "--batch_size", "2", "--checkpoint_interval", "1"
     )
     checkpoint = tmp_path / "models" / "checkpoint.pt"
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            if checkpoint.exists() and _trainer_state(checkpoint)["iteration"] >= per_epoch + 3:  # inside epoch 2
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    # the same run with tests/crash.py's handler appended: SIGKILLed right after iteration crash_at's checkpoint
+    (tmp_path / "crash.json").write_text(json.dumps(crash.overlay(crash_at)))
+    crashing = args.copy()
+    crashing[crashing.index("--config_file") + 1] = f"{TRAIN[:-1]},'{tmp_path / 'crash.json'}']"
+    killed = run_bundle(*crashing, check=False)
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
+    assert f"CrashAt: killing the training at iteration {crash_at}" in killed.stdout
     state = _trainer_state(checkpoint)  # a complete, loadable checkpoint after the kill
     done = state["iteration"]
-    assert per_epoch + 3 <= done < epochs * per_epoch
+    assert done == crash_at
 
     resumed = run_bundle(*args, "--resume", "true")
     log = resumed.stdout + resumed.stderr
