@@ -187,7 +187,15 @@ def _operator_times(fn: Callable[[], Any], device: torch.device) -> tuple[Any, d
     return averages, {a.key: (getattr(a, key) / 1000.0, a.count) for a in averages}  # (ms, calls)
 
 
-def _bundle_parser(config_file: str, overrides: dict[str, Any]) -> ConfigParser:
+# The bundle's training config with the synthetic overlay: the seed's CAL recipe (no centre loss, crop/drop or
+# test-time crops) on the synthetic data set this command generates, so the ratios measure CAL alone.
+DEFAULT_CONFIGS = [
+    str(BUNDLE_ROOT / "configs" / "train.json"),
+    str(BUNDLE_ROOT / "configs" / "synthetic_attention.json"),
+]
+
+
+def _bundle_parser(config_file: str | list[str], overrides: dict[str, Any]) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(config_file)
     parser["bundle_root"] = str(BUNDLE_ROOT)
@@ -214,12 +222,12 @@ def benchmark_backbone(
     amp: bool = False,
     channels_last: bool = False,
     profile_dir: str | None = None,
-    config_file: str = str(BUNDLE_ROOT / "configs" / "train.json"),
+    config_file: str | list[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure one backbone, CAL against its baseline; returns the figures as a JSON-ready dict."""
     parser = _bundle_parser(
-        config_file,
+        config_file or DEFAULT_CONFIGS,
         {
             "dataset_dir": dataset_dir,
             "device": device,
@@ -356,7 +364,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
-def _default_backbone_args(config_file: str, backbone: str) -> dict[str, Any]:
+def _default_backbone_args(config_file: str | list[str], backbone: str) -> dict[str, Any]:
     if backbone == "vit":
         return dict(SEED_VIT_B)
     parser = ConfigParser()
@@ -384,7 +392,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--channels_last", action="store_true", help="channels-last (NDHWC) convolution weights")
     p.add_argument("--dataset_dir", default=None, help="a bundle data set (default: synthetic, made in a temp dir)")
-    p.add_argument("--config_file", default=str(BUNDLE_ROOT / "configs" / "train.json"))
+    p.add_argument("--config_file", nargs="+", default=DEFAULT_CONFIGS, help="bundle configs, merged in order")
     p.add_argument("--profile", default=None, metavar="DIR", help="write torch.profiler operator tables here")
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
