@@ -1,64 +1,127 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""The comparison command end to end at tiny sizes: three rows, two seeds, one epoch, through the bundle's configs."""
+"""
+The comparison command end to end at tiny sizes (four rows, two seeds, one epoch, through the bundle's configs on
+the synthetic fixture made binary), and its tables from fixed run results.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 
 import pytest
 
-from scripts.tools.compare import METRICS, main
+from scripts.tools.compare import COMPARISONS, METRICS, ROWS, main, paired, summarize, write_markdown
 from tests.conftest import TINY_OVERRIDES
 
-pytestmark = pytest.mark.slow
+SWITCHES = ("cal", "center_loss_weight", "attention_augment", "tta")
 
 
-def test_compare_trains_evaluates_and_tabulates(tiny_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def binary_dataset(tiny_dataset, tmp_path_factory):
+    """The tiny synthetic set with its four classes folded into two (label % 2): a binary task, as AdrenalMNIST3D."""
+    datalist = json.loads((tiny_dataset / "datalist.json").read_text())
+    root = tmp_path_factory.mktemp("binary")
+    folded = {"labels": {"0": "even", "1": "odd"}}
+    for split in ("training", "validation", "test"):
+        folded[split] = [
+            {"image": str(tiny_dataset / item["image"]), "label": int(item["label"]) % 2} for item in datalist[split]
+        ]
+    (root / "datalist.json").write_text(json.dumps(folded))
+    return root
+
+
+def test_every_row_sets_every_switch():
+    assert list(ROWS) == ["baseline", "baseline_recipe", "cal", "cal_recipe"]
+    for _, overrides in ROWS.values():
+        assert set(SWITCHES) <= set(overrides)
+    # baseline + recipe is CAL + recipe without the counterfactual
+    assert {**ROWS["baseline_recipe"][1], "cal": True} == ROWS["cal_recipe"][1]
+    assert ("cal_recipe", "baseline_recipe") in COMPARISONS
+
+
+@pytest.mark.slow
+def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
     out = tmp_path / "cmp"
-    argv = ["--dataset_dir", str(tiny_dataset), "--output_dir", str(out), "--seeds", "2", "--title", "tiny",
-            "--", "--epochs", "1", *TINY_OVERRIDES]  # fmt: skip
+    argv = ["--dataset_dir", str(binary_dataset), "--output_dir", str(out), "--seeds", "2", "--title", "tiny",
+            "--config", "configs/synthetic_attention.json", "--",
+            "--epochs", "1", "--num_classes", "2", "--class_names", "['even','odd']", *TINY_OVERRIDES]  # fmt: skip
     main(argv)
     runs = list(csv.DictReader(open(out / "runs.csv")))
-    assert [(r["row"], r["seed"]) for r in runs] == [
-        (row, str(seed)) for seed in (0, 1) for row in ("baseline", "cal", "cal_recipe")
-    ]
+    assert [(r["row"], r["seed"]) for r in runs] == [(row, str(seed)) for seed in (0, 1) for row in ROWS]
     for run in runs:
         run_dir = out / run["row"] / f"seed{run['seed']}"
         assert (run_dir / "models" / "model.pt").is_file() and (run_dir / "predictions.csv").is_file()
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["num_cases"] == 8 and float(run["accuracy"]) == pytest.approx(metrics["accuracy"])
+        # the validation split's predictions, and the threshold chosen on them
+        assert json.loads((run_dir / "validation" / "metrics.json").read_text())["num_cases"] == 8
+        assert 0 < float(run["threshold"]) < 1 and 0 <= float(run["f1_macro_thr"]) <= 1
     # each row ran its own settings, and says how to repeat it with the bundle's command line
-    assert "--cal False" in (out / "baseline/seed0/commands.sh").read_text()
-    recipe = (out / "cal_recipe/seed1/commands.sh").read_text()
-    assert "run evaluating --config_file" in recipe and "configs/evaluate.json" in recipe
-    for option in ("--cal True", "--attention_augment True", "--center_loss_weight 1.0", "--tta True", "--seed 1"):
+    baseline = (out / "baseline/seed0/commands.sh").read_text()
+    for option in ("--cal False", "--center_loss_weight 0.0", "--attention_augment False", "--tta False"):
+        assert option in baseline
+    recipe = (out / "baseline_recipe/seed1/commands.sh").read_text()
+    assert (
+        "run evaluating --config_file" in recipe
+        and "configs/synthetic_attention.json','configs/evaluate.json']" in recipe
+    )
+    for option in ("--cal False", "--attention_augment True", "--center_loss_weight 1.0", "--tta True", "--seed 1"):
         assert option in recipe
+    assert '"--validate#dataset#data" @val_datalist' in recipe and '"--data_check#splits" "[\'validation\']"' in recipe
     assert "Epoch[1] Complete" in (out / "cal_recipe/seed1/train.log").read_text()
     summary = {r["row"]: r for r in csv.DictReader(open(out / "comparison.csv"))}
-    assert set(summary) == {"baseline", "cal", "cal_recipe"}
+    assert set(summary) == set(ROWS)
     for row, entry in summary.items():
         values = [float(r["auc_macro"]) for r in runs if r["row"] == row]
         assert float(entry["auc_macro_mean"]) == pytest.approx(statistics.mean(values))
         assert float(entry["auc_macro_std"]) == pytest.approx(statistics.stdev(values))
+    differences = list(csv.DictReader(open(out / "paired.csv")))
+    assert {(d["row"], d["reference"]) for d in differences} == set(COMPARISONS)
+    for d in differences:
+        assert int(d["n"]) == 2
+        key = d["metric"]
+        treated = [float(r[key]) for r in runs if r["row"] == d["row"]]
+        base = [float(r[key]) for r in runs if r["row"] == d["reference"]]
+        assert float(d["mean"]) == pytest.approx(statistics.mean(t - b for t, b in zip(treated, base)), abs=1e-9)
     table = (out / "comparison.md").read_text()
-    assert all(name in table for name in METRICS.values()) and "CAL + full recipe" in table and "±" in table
-    assert "difference to the baseline" in table
+    assert all(name in table for name in METRICS.values()) and "CAL + recipe" in table and "±" in table
+    assert "baseline + recipe (CAL off)" in table and "paired difference" in table and "Wilcoxon" in table
+    assert "macro F1, val threshold" in table
     assert (out / "comparison.png").stat().st_size > 1000
     assert (out / "command.txt").read_text().startswith("python -m scripts.tools.compare")
-    # a second call reuses the finished runs instead of training again
-    stamp = (out / "cal/seed0/models/model.pt").stat().st_mtime
+    # a second call reuses the finished runs instead of training or evaluating again
+    stamps = [(out / "cal/seed0" / f).stat().st_mtime for f in ("models/model.pt", "validation/predictions.csv")]
     main(argv)
-    assert (out / "cal/seed0/models/model.pt").stat().st_mtime == stamp
+    assert [
+        (out / "cal/seed0" / f).stat().st_mtime for f in ("models/model.pt", "validation/predictions.csv")
+    ] == stamps
 
 
-def test_compare_rejects_unknown_rows_and_missing_data(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--output_dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="unknown rows"):
-        main(["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--rows", "baseline,magic"])
-    with pytest.raises(FileNotFoundError, match="scripts.tools.convert_medmnist"):
-        main(["--dataset_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o")])
+def _result(row, seed, auc, f1, thr=None):
+    values = {"accuracy": f1, "balanced_accuracy": f1, "f1_macro": f1, "auc_macro": auc}
+    thresholded = {"threshold": thr, "accuracy_thr": thr and f1, "balanced_accuracy_thr": thr and f1}
+    return {"row": row, "seed": seed, **values, **thresholded, "f1_macro_thr": thr and f1,
+            "train_s": 60.0, "eval_s": 6.0, "val_eval_s": 6.0}  # fmt: skip
+
+
+def test_tables_from_fixed_results(tmp_path):
+    gains = {"baseline": 0.0, "baseline_recipe": 0.01, "cal": 0.02, "cal_recipe": 0.03}
+    results = [
+        _result(row, seed, 0.8 + gain + 0.01 * seed, 0.6 + gain) for seed in range(6) for row, gain in gains.items()
+    ]
+    differences = paired(results, list(ROWS))
+    cal = {d["metric"]: d for d in differences if d["row"] == "cal" and d["reference"] == "baseline"}
+    assert cal["auc_macro"]["mean"] == pytest.approx(0.02) and cal["auc_macro"]["n"] == 6
+    assert cal["auc_macro"]["ci_low"] == pytest.approx(0.02) and cal["auc_macro"]["p_value"] == pytest.approx(2 / 64)
+    assert "f1_macro_thr" not in cal  # a multi-class task: argmax only
+    summary = summarize(results, list(ROWS), differences)
+    assert summary[2]["auc_macro_diff_mean"] == pytest.approx(0.02) and math.isnan(summary[0]["auc_macro_diff_mean"])
+    assert summary[0]["eval_min_mean"] == pytest.approx(0.2)
+    text = write_markdown(summary, differences, tmp_path / "c.md")
+    assert "| CAL + recipe - baseline + recipe (CAL off) | +0.020 [+0.020, +0.020] p 0.031 |" in text
+    assert "argmax only" in text and "val threshold" not in text

@@ -2,22 +2,33 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-Does CAL help? Train the same network as the baseline (CAL off), with CAL, and with CAL plus the original recipe
-(centre loss, attention-guided crop/drop, test-time crop averaging), on the same data, split, seeds, augmentation
-and budget, N seeds each; evaluate every run on the test split; write the table (mean ± std over seeds) as Markdown
-and CSV, the per-run figures as CSV, and a plot::
+Does CAL help? Train the same network four ways on the same data, split, seeds, augmentation and budget, N seeds
+each: the baseline (CAL off, plain cross-entropy), the baseline + the original recipe (CAL off; centre loss,
+attention-guided crop/drop, test-time crop averaging), CAL (the seed's recipe) and CAL + the original recipe.
+Every row sets all four switches (``cal``, ``center_loss_weight``, ``attention_augment``, ``tta``), so that the
+rows do not depend on ``configs/train.json``'s defaults (which are the released recipe). On AdrenalMNIST3D (the
+bundle's default data and network)::
 
-    python -m scripts.tools.compare --dataset_dir data/adrenal28 --output_dir runs/adrenal28 --seeds 3 -- \\
-        --num_classes 2 --spatial_size "[28,28,28]" --backbone resnet --epochs 8
+    python -m scripts.tools.compare --dataset_dir data/adrenalmnist3d --output_dir eval/compare/adrenal28 --seeds 10
 
 Everything after ``--`` is passed to every run as ``monai.bundle`` overrides (``--key value`` pairs, parsed as on
-the ``monai.bundle`` command line). Each run is the bundle's ``training`` workflow (``configs/train.json``) then its
-``evaluating`` workflow (``configs/evaluate.json`` merged on it), executed with ``monai.bundle.run`` in this
-process (the bundle's own configs, no second training loop; one import of torch and MONAI for all runs). A run's
-output goes to ``<output_dir>/<row>/seed<k>/{train,evaluate}.log`` and its equivalent command lines to
-``commands.sh`` beside them; its checkpoint stays in ``<row>/seed<k>/models/model.pt`` and its test results in
-``metrics.json`` and ``predictions.csv`` there. A finished run (``result.json`` present) is not repeated, so an
-interrupted comparison resumes where it stopped.
+the ``monai.bundle`` command line); ``--config`` merges further config files on ``configs/train.json`` (e.g.
+``configs/synthetic_attention.json``). Each run is the bundle's ``training`` workflow then its ``evaluating``
+workflow (``configs/evaluate.json`` merged on it) on the test split and again on the validation split, executed
+with ``monai.bundle.run`` in this process (the bundle's own configs, no second training loop; one import of torch
+and MONAI for all runs). A run's output goes to ``<output_dir>/<row>/seed<k>/{train,evaluate,evaluate_validation}.log``
+and its equivalent command lines to ``commands.sh`` beside them; its checkpoint stays in
+``<row>/seed<k>/models/model.pt``, its test results in ``metrics.json`` and ``predictions.csv`` there and its
+validation results in ``validation/``. A finished step is not repeated (``result.json`` marks a trained and tested
+run, ``validation/predictions.csv`` its validation predictions), so an interrupted comparison resumes where it
+stopped.
+
+The tables (``comparison.md``; ``comparison.csv`` one line per row, ``paired.csv`` one line per comparison and
+metric, ``runs.csv`` one line per run; ``comparison.png``) give each row's test metrics as mean ± sample standard
+deviation over seeds, the paired differences (same seed = same pair) of each row to the baseline and of CAL +
+recipe to baseline + recipe with a 95% paired bootstrap confidence interval and a Wilcoxon signed-rank p-value
+(:mod:`scripts.tools.paired_stats`), and, for binary tasks, the thresholded metrics at a threshold chosen on the
+validation split (:mod:`scripts.tools.thresholds`) beside the argmax ones.
 """
 
 from __future__ import annotations
@@ -40,10 +51,13 @@ from typing import Any, TextIO
 
 __all__ = [
     "ROWS",
+    "COMPARISONS",
     "METRICS",
+    "THRESHOLD_METRICS",
     "parse_overrides",
     "run_one",
     "summarize",
+    "paired",
     "write_markdown",
     "write_plot",
     "compare",
@@ -52,23 +66,40 @@ __all__ = [
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["configs/train.json"]
-EVALUATE = ["configs/train.json", "configs/evaluate.json"]
+EVALUATE = ["configs/evaluate.json"]  # merged on TRAIN (and on the extra config files)
 
-# Row name -> (label, overrides).
+# The original recipe's switches (DESIGN.md section 1), and the same switches off.
+RECIPE = {"center_loss_weight": 1.0, "attention_augment": True, "tta": True}
+NO_RECIPE = {"center_loss_weight": 0.0, "attention_augment": False, "tta": False}
+# Row name -> (label, overrides). Every row sets every switch: train.json's defaults are the released recipe.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "baseline": ("baseline (CAL off)", {"cal": False}),
-    "cal": ("CAL (seed recipe)", {"cal": True}),
-    "cal_recipe": (
-        "CAL + full recipe",
-        {"cal": True, "center_loss_weight": 1.0, "attention_augment": True, "tta": True},
-    ),
+    "baseline": ("baseline (CAL off)", {"cal": False, **NO_RECIPE}),
+    "baseline_recipe": ("baseline + recipe (CAL off)", {"cal": False, **RECIPE}),
+    "cal": ("CAL (seed recipe)", {"cal": True, **NO_RECIPE}),
+    "cal_recipe": ("CAL + recipe", {"cal": True, **RECIPE}),
 }
+# Paired comparisons (row, reference): every row against the baseline, and CAL's effect within the recipe.
+COMPARISONS: list[tuple[str, str]] = [
+    ("baseline_recipe", "baseline"),
+    ("cal", "baseline"),
+    ("cal_recipe", "baseline"),
+    ("cal_recipe", "baseline_recipe"),
+]
 METRICS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
     "f1_macro": "macro F1",
     "auc_macro": "macro AUC",
 }
+# Binary tasks: test metrics at the threshold chosen on the validation split (scripts.tools.thresholds).
+THRESHOLD_METRICS = {
+    "balanced_accuracy_thr": "balanced accuracy, val threshold",
+    "f1_macro_thr": "macro F1, val threshold",
+}
+# The metrics of the paired-difference table.
+PAIRED_METRICS = ["auc_macro", "f1_macro", "balanced_accuracy", "f1_macro_thr", "balanced_accuracy_thr"]
+# Evaluating on the validation split instead of the test split (configs/evaluate.json reads validate#dataset#data).
+VALIDATION_SPLIT = {"validate#dataset#data": "@val_datalist", "data_check#splits": ["validation"]}
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
@@ -162,13 +193,27 @@ def _bundle(run_id: str, config_file: Sequence[str], overrides: dict[str, Any], 
     return time.perf_counter() - start
 
 
-def run_one(row: str, seed: int, dataset_dir: Path, output_dir: Path, overrides: dict[str, Any]) -> dict:
-    """Train and evaluate one (row, seed); returns its test metrics and wall times (reused when already there)."""
+def _configs(extra: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Config files of training and of evaluation: train.json, then ``extra``, then (evaluation) evaluate.json."""
+    train = TRAIN + list(extra)
+    return train, train + EVALUATE
+
+
+def run_one(
+    row: str, seed: int, dataset_dir: Path, output_dir: Path, overrides: dict[str, Any], configs: Sequence[str] = ()
+) -> dict:
+    """
+    Train one (row, seed), evaluate it on the test split and on the validation split; returns its test metrics, its
+    thresholded test metrics at the validation-chosen threshold (None for a multi-class task) and its wall times.
+    Steps already done are not repeated: ``result.json`` marks a trained and tested run, ``validation/`` its
+    validation predictions.
+    """
+    from .thresholds import validation_threshold_metrics
+
     run_dir = output_dir / row / f"seed{seed}"
+    val_dir = run_dir / "validation"
     result_file = run_dir / "result.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    train_files, eval_files = _configs(configs)
     common = {
         "dataset_dir": str(dataset_dir),
         "ckpt_dir": str(run_dir / "models"),
@@ -177,67 +222,167 @@ def run_one(row: str, seed: int, dataset_dir: Path, output_dir: Path, overrides:
         **ROWS[row][1],
         **overrides,
     }
-    commands = [_command("training", TRAIN, common), _command("evaluating", EVALUATE, common)]
-    (run_dir / "commands.sh").write_text("# from the bundle's folder\n" + "\n".join(commands) + "\n")
-    train_s = _bundle("training", TRAIN, common, run_dir / "train.log")
-    eval_s = _bundle("evaluating", EVALUATE, common, run_dir / "evaluate.log")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    result = {"row": row, "seed": seed, **{k: metrics[k] for k in METRICS}, "train_s": train_s, "eval_s": eval_s}
-    result_file.write_text(json.dumps(result, indent=2))
-    return result
+    on_validation = {**common, **VALIDATION_SPLIT, "output_dir": str(val_dir)}
+    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    if result is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        commands = [
+            _command("training", train_files, common),
+            _command("evaluating", eval_files, common),
+            "# the validation split's predictions (for the validation-chosen threshold)",
+            _command("evaluating", eval_files, on_validation),
+        ]
+        (run_dir / "commands.sh").write_text("# from the bundle's folder\n" + "\n".join(commands) + "\n")
+        train_s = _bundle("training", train_files, common, run_dir / "train.log")
+        eval_s = _bundle("evaluating", eval_files, common, run_dir / "evaluate.log")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        result = {"row": row, "seed": seed, **{k: metrics[k] for k in METRICS}, "train_s": train_s, "eval_s": eval_s}
+        result_file.write_text(json.dumps(result, indent=2))
+    if not (val_dir / "predictions.csv").is_file() or "val_eval_s" not in result:
+        result["val_eval_s"] = _bundle("evaluating", eval_files, on_validation, run_dir / "evaluate_validation.log")
+        result_file.write_text(json.dumps(result, indent=2))
+    thresholded = validation_threshold_metrics(val_dir / "predictions.csv", run_dir / "predictions.csv")
+    result["threshold"] = None if thresholded is None else thresholded["threshold"]
+    for key in ("accuracy", "balanced_accuracy", "f1_macro"):
+        result[f"{key}_thr"] = None if thresholded is None else thresholded[key]
+    order = ["row", "seed", *METRICS, "threshold", "accuracy_thr", *THRESHOLD_METRICS, "train_s", "eval_s"]
+    return {key: result[key] for key in order + ["val_eval_s"]}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+def _known(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of the known values (NaN for none)."""
+    values = _known(values)
     n = len(values)
+    if not n:
+        return math.nan, math.nan
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
 
 
-def summarize(results: Sequence[dict], rows: Sequence[str]) -> list[dict]:
+def _pairs(results: Sequence[dict], row: str, reference: str, key: str) -> tuple[list, list]:
+    """``key`` of ``row`` and of ``reference`` for the seeds that both have, in seed order."""
+    treated = {r["seed"]: r[key] for r in results if r["row"] == row}
+    base = {r["seed"]: r[key] for r in results if r["row"] == reference}
+    seeds = sorted(set(treated) & set(base))
+    return [treated[s] for s in seeds], [base[s] for s in seeds]
+
+
+def paired(results: Sequence[dict], rows: Sequence[str]) -> list[dict]:
     """
-    Per row: number of seeds, mean and std of every metric, mean training time, and the difference to the
-    baseline paired by seed (``<metric>_diff_mean``, ``<metric>_diff_std``; NaN for the baseline itself).
+    One entry per comparison of :data:`COMPARISONS` whose rows both ran and per metric of the paired table: the
+    seed-paired difference ``row - reference`` (:func:`scripts.tools.paired_stats.paired_difference`: mean, sd,
+    bootstrap and t confidence intervals, Wilcoxon and t-test p-values). Metrics no run has (the thresholded ones
+    of a multi-class task) are left out.
     """
-    base = {r["seed"]: r for r in results if r["row"] == "baseline"}
+    from .paired_stats import paired_difference
+
+    entries = []
+    for row, reference in COMPARISONS:
+        if row not in rows or reference not in rows:
+            continue
+        for key in PAIRED_METRICS:
+            treated, base = _pairs(results, row, reference, key)
+            if not _known(treated):
+                continue
+            entries.append(
+                {
+                    "row": row,
+                    "reference": reference,
+                    "comparison": f"{ROWS[row][0]} - {ROWS[reference][0]}",
+                    "metric": key,
+                    **paired_difference(treated, base).as_dict(),
+                }
+            )
+    return entries
+
+
+def summarize(results: Sequence[dict], rows: Sequence[str], differences: Sequence[dict] = ()) -> list[dict]:
+    """
+    Per row: number of seeds, mean and std of every metric (argmax and validation-threshold ones, and the threshold),
+    mean training and evaluation time (test and validation evaluations together), and, from ``differences``
+    (:func:`paired`), the row's paired difference to the baseline (``<metric>_diff_mean``, ``_diff_ci_low``,
+    ``_diff_ci_high``, ``_diff_p``; NaN for the baseline itself and for metrics without one).
+    """
     summary = []
     for row in rows:
         runs = [r for r in results if r["row"] == row]
         if not runs:
             continue
         entry: dict = {"row": row, "label": ROWS[row][0], "seeds": len(runs)}
-        for key in METRICS:
-            values = [r[key] for r in runs if r[key] is not None]
-            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(values) if values else (math.nan, math.nan)
-            diffs = [
-                r[key] - base[r["seed"]][key]
-                for r in runs
-                if row != "baseline" and r["seed"] in base and None not in (r[key], base[r["seed"]][key])
-            ]
-            entry[f"{key}_diff_mean"], entry[f"{key}_diff_std"] = _mean_std(diffs) if diffs else (math.nan, math.nan)
+        for key in [*METRICS, *THRESHOLD_METRICS, "threshold"]:
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r[key] for r in runs])
         entry["train_min_mean"] = sum(r["train_s"] for r in runs) / len(runs) / 60
+        entry["eval_min_mean"] = sum(r["eval_s"] + r["val_eval_s"] for r in runs) / len(runs) / 60
+        to_baseline = {d["metric"]: d for d in differences if d["row"] == row and d["reference"] == "baseline"}
+        for key in PAIRED_METRICS:
+            d = to_baseline.get(key, {})
+            for name, field in (("mean", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high"), ("p", "p_value")):
+                entry[f"{key}_diff_{name}"] = d.get(field, math.nan)
         summary.append(entry)
     return summary
 
 
-def write_markdown(summary: Sequence[dict], path: Path, title: str = "") -> str:
+def _names() -> dict[str, str]:
+    return {**METRICS, **THRESHOLD_METRICS}
+
+
+def _has_thresholds(summary: Sequence[dict]) -> bool:
+    return any(not math.isnan(s["f1_macro_thr_mean"]) for s in summary)
+
+
+def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: Path, title: str = "") -> str:
     """
-    The summary as Markdown: test metrics (mean ± sample std over seeds) per row, then each row's difference to
-    the baseline, paired by seed.
+    The comparison as Markdown: test metrics (mean ± sample std over seeds) per row, at argmax and, for binary
+    tasks, at the validation-chosen threshold, with the time per run; then the paired differences with their 95%
+    bootstrap confidence intervals and Wilcoxon p-values; then how to read them.
     """
-    header = "| row | seeds | " + " | ".join(f"test {name}" for name in METRICS.values()) + " | train min/run |"
-    lines = ([f"**{title}**", ""] if title else []) + [header, "|" + " --- |" * (len(METRICS) + 3)]
+    thresholds = _has_thresholds(summary)
+    keys = list(METRICS) + (list(THRESHOLD_METRICS) + ["threshold"] if thresholds else [])
+    names = {**_names(), "threshold": "val threshold"}
+    columns = [names[k] if k == "threshold" else f"test {names[k]}" for k in keys]
+    header = "| row | seeds | " + " | ".join(columns) + " | train min/run | eval min/run |"
+    lines = ([f"**{title}**", ""] if title else []) + [header, "|" + " --- |" * (len(keys) + 4)]
     for s in summary:
-        cells = [f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_std']:.3f}" for k in METRICS]
-        lines.append(f"| {s['label']} | {s['seeds']} | " + " | ".join(cells) + f" | {s['train_min_mean']:.1f} |")
-    paired = [s for s in summary if not math.isnan(s["accuracy_diff_mean"])]
-    if paired:
-        lines += ["", "| difference to the baseline (same seed) | " + " | ".join(METRICS.values()) + " |"]
-        lines.append("|" + " --- |" * (len(METRICS) + 1))
-        for s in paired:
-            cells = [f"{s[f'{k}_diff_mean']:+.3f} ± {s[f'{k}_diff_std']:.3f}" for k in METRICS]
-            lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        cells = [f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_std']:.3f}" for k in keys]
+        times = f" | {s['train_min_mean']:.1f} | {s['eval_min_mean']:.1f} |"
+        lines.append(f"| {s['label']} | {s['seeds']} | " + " | ".join(cells) + times)
+    metrics = [k for k in PAIRED_METRICS if any(d["metric"] == k for d in differences)]
+    if differences:
+        header = "| paired difference (same seed), mean [95% CI] p | " + " | ".join(_names()[k] for k in metrics) + " |"
+        lines += ["", header]
+        lines.append("|" + " --- |" * (len(metrics) + 1))
+        for comparison in dict.fromkeys(d["comparison"] for d in differences):
+            by_metric = {d["metric"]: d for d in differences if d["comparison"] == comparison}
+            cells = []
+            for k in metrics:
+                d = by_metric.get(k)
+                cells.append(
+                    ""
+                    if d is None
+                    else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] p {d['p_value']:.3f}"
+                )
+            lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+        pairs = sorted({d["n"] for d in differences})
+        lines += [
+            "",
+            f"Paired over {'/'.join(map(str, pairs))} seeds. CI: paired bootstrap (BCa, 9999 resamples) of the mean "
+            "difference; p: two-sided Wilcoxon signed-rank test (exact for small samples; with n pairs of one sign "
+            "the smallest p is 2/2^n, 0.0625 for 5 seeds: 6 or more seeds are needed to go below 0.05). Student-t "
+            "intervals and paired t-test p-values are in paired.csv.",
+        ]
+    if thresholds:
+        lines += [
+            "",
+            "Val threshold: the threshold on the second class's probability that maximises macro F1 on the "
+            "validation split (ties: nearest 0.5), chosen per run and applied unchanged to its test split.",
+        ]
+    else:
+        lines += ["", "Multi-class task: thresholded metrics at argmax only (no single validation threshold)."]
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -251,30 +396,34 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def write_plot(results: Sequence[dict], rows: Sequence[str], path: Path, title: str = "") -> None:
-    """One panel per metric and row: every seed's test value as a dot, the mean as a tick with ± std whiskers."""
+    """
+    One panel per metric (the validation-threshold ones too, for binary tasks) and row: every seed's test value as a
+    dot, the mean as a tick with ± std whiskers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [row for row in rows if any(r["row"] == row for r in results)]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4), squeeze=False)
-    colours = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    for ax, (key, name) in zip(axes[0], METRICS.items()):
+    names = {k: v for k, v in _names().items() if _known([r[k] for r in results])}
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.6), squeeze=False)
+    colours = {"baseline": "#7f7f7f", "baseline_recipe": "#2ca02c", "cal": "#1f77b4", "cal_recipe": "#d62728"}
+    for ax, (key, name) in zip(axes[0], names.items()):
+        everything = _known([r[key] for r in results])
         for i, row in enumerate(rows):
-            values = [r[key] for r in results if r["row"] == row and r[key] is not None]
+            values = _known([r[key] for r in results if r["row"] == row])
             if not values:
                 continue
             mean, std = _mean_std(values)
-            colour = colours[i % len(colours)]
+            colour = colours.get(row, "#9467bd")
             ax.errorbar(i, mean, yerr=std, fmt="_", markersize=22, color=colour, capsize=5, elinewidth=1.5)
             ax.scatter([i + 0.12] * len(values), values, color=colour, s=14, alpha=0.7, zorder=3)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([ROWS[r][0].replace(" (", "\n(").replace(" + ", "\n+ ") for r in rows], fontsize=7)
+        ax.set_xticklabels([ROWS[r][0].replace(" (", "\n(").replace(" + ", "\n+ ") for r in rows], fontsize=6)
         ax.set_title(name, fontsize=9)
-        low = min((r[key] for r in results if r[key] is not None), default=0.0)
         ax.set_xlim(-0.5, len(rows) - 0.5)
-        ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(r[key] for r in results if r[key] is not None) + 0.05))
+        ax.set_ylim(max(0.0, min(everything) - 0.05), min(1.0, max(everything) + 0.05))
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -291,21 +440,23 @@ def compare(
     first_seed: int = 0,
     overrides: Sequence[str] | dict[str, Any] = (),
     title: str = "",
+    configs: Sequence[str] = (),
 ) -> list[dict]:
     """
     Train and evaluate every row for seeds ``first_seed .. first_seed + seeds - 1`` (seed-major, so that an
-    early stop still leaves comparable rows), then write ``comparison.md``, ``comparison.csv`` (mean/std per row),
-    ``runs.csv`` (one line per run) and ``comparison.png`` into ``output_dir``. Returns the summary.
+    early stop still leaves comparable rows), then write ``comparison.md``, ``comparison.csv`` (one line per row),
+    ``paired.csv`` (one line per comparison and metric), ``runs.csv`` (one line per run) and ``comparison.png``
+    into ``output_dir``. ``configs``: config files merged on ``configs/train.json`` in every run (paths relative to
+    the bundle's folder, or absolute). Returns the summary.
     """
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ValueError(f"unknown rows {unknown}: choose from {list(ROWS)}.")
+    missing = [c for c in configs if not (BUNDLE_ROOT / c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"config files {missing} not found (paths are relative to '{BUNDLE_ROOT}').")
     dataset_dir, output_dir = Path(dataset_dir).resolve(), Path(output_dir).resolve()
-    if not (dataset_dir / "datalist.json").is_file():
-        raise FileNotFoundError(
-            f"no datalist.json in '{dataset_dir}': convert data first (python -m scripts.tools.convert_medmnist) or "
-            f"give a folder with a datalist."
-        )
+    _ensure_data(dataset_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
     start = time.perf_counter()
@@ -313,18 +464,39 @@ def compare(
     with _redirected():
         for seed in range(first_seed, first_seed + seeds):
             for row in rows:
-                result = run_one(row, seed, dataset_dir, output_dir, overrides)
+                result = run_one(row, seed, dataset_dir, output_dir, overrides, configs)
                 results.append(result)
-                figures = ", ".join(f"{k}={result[k]:.3f}" for k in METRICS if result[k] is not None)
+                figures = ", ".join(f"{k}={result[k]:.3f}" for k in _names() if result[k] is not None)
                 print(f"[{time.perf_counter() - start:7.0f} s] {row} seed {seed}: {figures}", flush=True)
-    summary = summarize(results, rows)
+    differences = paired(results, rows)
+    summary = summarize(results, rows, differences)
     write_csv(results, output_dir / "runs.csv")
     write_csv(summary, output_dir / "comparison.csv")
-    text = write_markdown(summary, output_dir / "comparison.md", title)
+    if differences:
+        write_csv(differences, output_dir / "paired.csv")
+    text = write_markdown(summary, differences, output_dir / "comparison.md", title)
     write_plot(results, rows, output_dir / "comparison.png", title)
     print(text)
     print(f"wall time {(time.perf_counter() - start) / 60:.1f} min; results in {output_dir}")
     return summary
+
+
+def _ensure_data(dataset_dir: Path) -> None:
+    """
+    A clear error when ``dataset_dir`` has no datalist; the bundle's default folder (``data/adrenalmnist3d``) is
+    built from the embedded AdrenalMNIST3D first, as ``configs/train.json`` does on first use.
+    """
+    from ..datalist import DATALIST_NAME
+    from ..default_data import prepare_default_data
+
+    default = BUNDLE_ROOT / "data" / "adrenalmnist3d"
+    if dataset_dir == default.resolve():
+        prepare_default_data(dataset_dir, default, BUNDLE_ROOT / "docs" / "data" / "adrenalmnist3d.npz")
+    if not (dataset_dir / DATALIST_NAME).is_file():
+        raise FileNotFoundError(
+            f"no {DATALIST_NAME} in '{dataset_dir}': convert data first (python -m scripts.tools.convert_medmnist), "
+            f"give a folder with a datalist, or use the bundle's default data ('{default}', built on first use)."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -333,23 +505,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
         prog="python -m scripts.tools.compare",
-        description="Baseline vs CAL vs CAL + full recipe, N seeds each, through the bundle's configs. Arguments "
-        "after '--' are monai.bundle overrides given to every run (e.g. -- --num_classes 2 --epochs 8).",
+        description="Baseline, baseline + recipe, CAL and CAL + recipe, N seeds each, through the bundle's configs, "
+        "with seed-paired statistics. Arguments after '--' are monai.bundle overrides given to every run (e.g. -- "
+        "--epochs 8).",
     )
     parser.add_argument(
-        "--dataset_dir", required=True, help="folder with datalist.json (e.g. from scripts.tools.convert_medmnist)"
+        "--dataset_dir",
+        required=True,
+        help="folder with datalist.json (e.g. from scripts.tools.convert_medmnist); data/adrenalmnist3d, the "
+        "bundle's default, is built from the embedded AdrenalMNIST3D on first use",
     )
     parser.add_argument("--output_dir", required=True, help="folder for every run's checkpoint, logs and the table")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds per row (default 3)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="number of seeds per row (default 3; the Wilcoxon test needs 6 or more to reach p < 0.05)",
+    )
     parser.add_argument("--first_seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, from {list(ROWS)}")
     parser.add_argument("--title", default="", help="title of the table and the plot")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="config file merged on configs/train.json in every run, relative to the bundle's folder (repeatable; "
+        "e.g. configs/synthetic_attention.json)",
+    )
     args = parser.parse_args(own)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_dir) / "command.txt").write_text(
         " ".join(["python -m scripts.tools.compare", *(_quote(a) for a in argv)]) + "\n"
     )
-    compare(args.dataset_dir, args.output_dir, args.seeds, args.rows.split(","), args.first_seed, overrides, args.title)
+    rows = args.rows.split(",")
+    compare(args.dataset_dir, args.output_dir, args.seeds, rows, args.first_seed, overrides, args.title, args.config)
 
 
 if __name__ == "__main__":
