@@ -75,9 +75,7 @@ def test_bap3d_owns_its_counterfactual(kind):
     bap = BAP3D(counterfactual=kind).train()
     matrix, counterfactual = bap(features, attentions)
     torch.testing.assert_close(matrix, bap.pool_features(features, attentions))
-    torch.testing.assert_close(
-        counterfactual, bap.pool_features(features, counterfactual_attention(attentions, kind))
-    )
+    torch.testing.assert_close(counterfactual, bap.pool_features(features, counterfactual_attention(attentions, kind)))
     _, counterfactual = bap.eval()(features, attentions)
     torch.testing.assert_close(counterfactual, bap.pool_features(features, torch.ones_like(attentions)))
 
