@@ -32,12 +32,12 @@ class AttentionInferer(Inferer):
     ``{"logits": (B, num_classes), "attention": (B, 1, D, H, W)}``, the attention map at the input's size
     (:func:`attention_map`), ready to be inverted to the image's space and saved. Extra inputs (the tabular values
     of a multimodal network, passed by ``PrepareBatchExtraInput``) go to the network too. A network without
-    ``forward_attention`` (a plain classifier) or without an image branch gives ``{"logits": ...}`` only.
+    ``forward_attention`` (a plain classifier, or the tabular-only model) gives ``{"logits": ...}`` only.
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         module = getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
-        if not hasattr(module, "forward_attention") or not getattr(module, "image_branch", True):
+        if not hasattr(module, "forward_attention"):
             return {"logits": network(inputs, *args, **kwargs)}
         logits, attentions = module.forward_attention(inputs, *args, **kwargs)
         return {"logits": logits, "attention": attention_map(attentions, inputs.shape[2:])}

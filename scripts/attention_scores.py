@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
-from .datalist import load_split
+from .datalist import split_items
 from .handlers import case_name
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -203,19 +203,20 @@ def summary_markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def masked_items(datalist: str | os.PathLike, split: str = "test") -> list[dict]:
+def masked_items(datalist: Mapping[str, Any], split: str = "test") -> list[dict]:
     """
-    Items of ``split`` of ``datalist`` (see :func:`scripts.datalist.load_split`), each checked to carry a ``"mask"``
-    file: scoring attention needs the ground-truth mask of the discriminative region per case.
+    Items of ``split`` of a parsed ``datalist`` (see :func:`scripts.datalist.read_datalist`), each checked to carry
+    a ``"mask"`` file: scoring attention needs the ground-truth mask of the discriminative region per case.
     """
-    items = load_split(datalist, split)
+    items = split_items(datalist, split)
+    source = datalist.get("path", "the datalist")
     if not items:
-        raise ValueError(f"split '{split}' of '{datalist}' is empty: choose another split with --score_split.")
+        raise ValueError(f"split '{split}' of '{source}' is empty: choose another split with --score_split.")
     for item in items:
         case = case_name(item["image"])
         if "mask" not in item:
             raise ValueError(
-                f"case '{case}' in split '{split}' of '{datalist}' has no \"mask\": attention scores need a "
+                f"case '{case}' in split '{split}' of '{source}' has no \"mask\": attention scores need a "
                 f'ground-truth mask per case ("mask": "masks/{case}.nii.gz", same grid as the image); the '
                 "embedded synthetic data set has them."
             )

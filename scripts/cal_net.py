@@ -62,22 +62,30 @@ def counterfactual_attention(attentions: torch.Tensor, kind: str = "random") -> 
 
 class BAP3D(nn.Module):
     """
-    Bilinear attention pooling for 3D feature maps.
+    Bilinear attention pooling for 3D feature maps, with its counterfactual.
 
     For attention maps A (B, M, d, h, w) and features F (B, C, D, H, W), ``f[m, c]`` pools ``A[m] * F[c]`` over
     the voxels: the mean (``pool="GAP"``) or the maximum (``pool="GMP"``). A is resized (trilinear) to F's size
     when they differ. The (B, M*C) result goes through signed square root and L2 normalisation.
 
+    Called as ``bap(features, attentions)`` it returns the factual and the counterfactual feature matrices (the
+    seed's call); :meth:`pool_features` gives the factual one alone (what inference needs).
+
     Args:
         pool: ``"GAP"`` (global average, the default) or ``"GMP"`` (global max).
+        counterfactual: the counterfactual attention in training: ``"random"``, ``"uniform"``, ``"reversed"`` or
+            ``"shuffle"`` (see :func:`counterfactual_attention`). In eval mode it is all ones, as in the seed.
         eps: the signed square root's epsilon.
     """
 
-    def __init__(self, pool: str = "GAP", eps: float = EPSILON) -> None:
+    def __init__(self, pool: str = "GAP", counterfactual: str = "random", eps: float = EPSILON) -> None:
         super().__init__()
         if pool not in ("GAP", "GMP"):
             raise ValueError(f"pool must be 'GAP' or 'GMP', got '{pool}'.")
+        if counterfactual not in COUNTERFACTUALS:
+            raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
         self.pool = pool
+        self.counterfactual = counterfactual
         self.eps = eps
 
     def pool_features(self, features: torch.Tensor, attentions: torch.Tensor) -> torch.Tensor:
@@ -92,16 +100,20 @@ class BAP3D(nn.Module):
             matrix = (attentions.unsqueeze(2) * features.unsqueeze(1)).amax(dim=(3, 4, 5))
         return signed_sqrt_normalize(matrix.reshape(b, -1), self.eps)
 
+    def counterfactual_attention(self, attentions: torch.Tensor) -> torch.Tensor:
+        """Ā for ``attentions`` (B, M, d, h, w), same shape: the configured kind in training, all ones in eval."""
+        if self.training:
+            return counterfactual_attention(attentions, self.counterfactual)
+        return torch.ones_like(attentions)
+
     def forward(self, features: torch.Tensor, attentions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Returns ``(feature_matrix, counterfactual_feature)``, each (B, M*C). The counterfactual attention is
-        uniform in [0, 2) in training and all ones in eval mode (the seed's behaviour).
+        ``features`` (B, C, D, H, W) and ``attentions`` (B, M, d, h, w) -> ``(feature_matrix,
+        counterfactual_feature_matrix)``, each (B, M*C), the second pooled under :meth:`counterfactual_attention`.
         """
-        if self.training:
-            fake = counterfactual_attention(attentions, "random")
-        else:
-            fake = torch.ones_like(attentions)
-        return self.pool_features(features, attentions), self.pool_features(features, fake)
+        return self.pool_features(features, attentions), self.pool_features(
+            features, self.counterfactual_attention(attentions)
+        )
 
 
 class CALNet(nn.Module):
@@ -109,10 +121,12 @@ class CALNet(nn.Module):
     CAL classifier: backbone feature map F -> M attention maps ``A = conv1x1x1(F)`` -> ``BAP3D(F, A)`` ->
     ``fc(scale * f)``.
 
-    In ``train()`` mode with ``cal=True`` the forward returns ``{"logits": Y(A), "effect": Y(A) - Y(Ā)}``, Ā being
-    the counterfactual attention (see :func:`counterfactual_attention`); with ``cal=False`` (the baseline: the
-    same network trained with plain cross-entropy) and in ``eval()`` mode it returns the logits (B, num_classes)
-    only, and no counterfactual is computed. :meth:`forward_attention` also returns the attention maps.
+    In ``train()`` mode with ``cal=True`` the forward returns ``{"logits": Y(A), "effect": Y(A) - Y(Ā)}``, the two
+    feature matrices coming from one ``self.bap(features, attentions)`` call (Ā: the configured counterfactual, see
+    :func:`counterfactual_attention`); with ``cal=False`` (the baseline: the same network trained with plain
+    cross-entropy) and in ``eval()`` mode it returns the logits (B, num_classes) only, and no counterfactual is
+    computed. :meth:`forward_attention` also returns the attention maps. The tabular-only model of the modality
+    comparison is :class:`scripts.tabular_net.TabularClassifier`.
 
     Args:
         num_classes: number of output classes.
@@ -124,7 +138,7 @@ class CALNet(nn.Module):
         num_attentions: M, the number of attention maps.
         pool: BAP3D pooling, ``"GAP"`` or ``"GMP"``.
         cal: train with the counterfactual branch (``False`` gives the baseline).
-        counterfactual: ``"random"``, ``"uniform"``, ``"reversed"`` or ``"shuffle"``.
+        counterfactual: ``"random"``, ``"uniform"``, ``"reversed"`` or ``"shuffle"`` (held by :class:`BAP3D`).
         attention_block: ``"conv"`` (the seed's 1x1x1 conv with bias) or ``"conv_bn_relu"`` (the original
             CAL code's conv without bias + BatchNorm + ReLU, which keeps attention non-negative).
         scale: the factor applied to the feature matrix before the classifier (100 in the seed and the paper).
@@ -134,17 +148,15 @@ class CALNet(nn.Module):
             image embedding before the classifier; 0 (the default) is the image-only network.
         tabular_kwargs: constructor arguments of the tabular encoder (``hidden_channels``, ``dropout``,
             ``missing_indicator``, and the training split's ``mean`` and ``std``).
-        image_branch: ``False`` drops the image branch (backbone, attention, BAP3D) for a tabular-only model, the
-            comparison a multimodal claim needs; it requires ``tabular_features > 0`` and implies ``cal=False``.
+        return_features: in ``train()`` mode, also return the feature matrix f (B, M*C) as ``"features"`` and the
+            attention maps A (B, M, d, h, w) as ``"attentions"`` (what the original recipe's centre loss and
+            attention-guided crop/drop need, see :mod:`scripts.recipe`); the output is then a dict even with
+            ``cal=False``. Eval mode still returns the logits tensor.
 
     Multimodal fusion is a concatenation of the image embedding ``scale * f`` and the tabular embedding ``e(t)``
     read by one linear classifier, written as ``fc(scale * f) + tabular_fc(e(t))``. The counterfactual branch
     swaps only the image attention and keeps the same tabular input: ``Y(A, t) - Y(Ā, t)``, in which the tabular
     term cancels, so the effect measures what the attention adds, as in the image-only network.
-        return_features: in ``train()`` mode, also return the feature matrix f (B, M*C) as ``"features"`` and the
-            attention maps A (B, M, d, h, w) as ``"attentions"`` (what the original recipe's centre loss and
-            attention-guided crop/drop need, see :mod:`scripts.recipe`); the output is then a dict even with
-            ``cal=False``. Eval mode still returns the logits tensor.
     """
 
     def __init__(
@@ -163,27 +175,9 @@ class CALNet(nn.Module):
         fc_bias: bool = True,
         tabular_features: int = 0,
         tabular_kwargs: dict[str, Any] | None = None,
-        image_branch: bool = True,
         return_features: bool = False,
     ) -> None:
         super().__init__()
-        if counterfactual not in COUNTERFACTUALS:
-            raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
-        image_branch = as_bool(image_branch, "image_branch")  # "--use_image false" arrives as a string
-        self.tabular: TabularEncoder | None = None
-        self.tabular_fc: nn.Linear | None = None
-        if tabular_features > 0:
-            self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
-            self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias and not image_branch)
-        self.image_branch = image_branch
-        self.return_features = as_bool(return_features, "return_features")
-        if not image_branch:
-            if self.tabular is None:
-                raise ValueError("image_branch=False (a tabular-only model) needs tabular_features > 0.")
-            self.backbone, self.attention, self.bap, self.fc = None, None, None, None
-            self.num_classes, self.num_attentions, self.cal = num_classes, 0, False
-            self.counterfactual, self.scale = counterfactual, scale
-            return
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, in_channels, spatial_size, **(backbone_kwargs or {}))
         self.backbone = backbone
@@ -198,13 +192,18 @@ class CALNet(nn.Module):
             )
         else:
             raise ValueError(f"attention_block must be 'conv' or 'conv_bn_relu', got '{attention_block}'.")
-        self.bap = BAP3D(pool=pool)
+        self.bap = BAP3D(pool=pool, counterfactual=counterfactual)
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
+        self.tabular: TabularEncoder | None = None
+        self.tabular_fc: nn.Linear | None = None
+        if tabular_features > 0:
+            self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
+            self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=False)  # fc has the bias
         self.num_classes = num_classes
         self.num_attentions = num_attentions
         self.cal = as_bool(cal, "cal")
-        self.counterfactual = counterfactual
         self.scale = scale
+        self.return_features = as_bool(return_features, "return_features")
 
     def classify(self, matrix: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of a feature matrix (B, M*C)."""
@@ -226,8 +225,6 @@ class CALNet(nn.Module):
         Factual logits (B, num_classes) and attention maps (B, M, d, h, w) of images (B, in_channels, D, H, W)
         (and their tabular values (B, L) when the network has the tabular branch).
         """
-        if self.backbone is None or self.attention is None or self.bap is None:
-            raise RuntimeError("a tabular-only CALNet (image_branch=False) has no attention maps.")
         features = self.backbone(x)
         attentions = self.attention(features)
         logits = self.classify(self.bap.pool_features(features, attentions))
@@ -241,27 +238,24 @@ class CALNet(nn.Module):
         Images (B, in_channels, D, H, W) (and tabular values (B, L) when the network has the tabular branch) ->
         logits (B, num_classes); in CAL training (or with ``return_features``), a dict (see class doc).
         """
-        extra = self.tabular_logits(tabular)
-        if self.backbone is None or self.attention is None or self.bap is None:
-            if extra is None:
-                raise RuntimeError("a tabular-only CALNet (image_branch=False) needs its tabular input.")
-            return extra
         features = self.backbone(x)
         attentions = self.attention(features)
-        matrix = self.bap.pool_features(features, attentions)
-        logits = self.classify(matrix)
+        counterfactual_matrix: torch.Tensor | None = None
+        if self.training and self.cal:
+            matrix, counterfactual_matrix = self.bap(features, attentions)
+        else:
+            matrix = self.bap.pool_features(features, attentions)  # inference: the factual pooling only
+        image_logits = self.classify(matrix)
+        logits = image_logits
+        extra = self.tabular_logits(tabular)
         if extra is not None:
             logits = logits + extra
         if not (self.training and (self.cal or self.return_features)):
             return logits
         output: dict[str, torch.Tensor] = {"logits": logits}
-        if self.cal:
-            counterfactual_logits = self.classify(
-                self.bap.pool_features(features, counterfactual_attention(attentions, self.counterfactual))
-            )
-            if extra is not None:
-                counterfactual_logits = counterfactual_logits + extra  # the same tabular input: it cancels
-            output["effect"] = logits - counterfactual_logits
+        if counterfactual_matrix is not None:
+            # Y(A, t) - Y(Ā, t): the same tabular term on both sides cancels
+            output["effect"] = image_logits - self.classify(counterfactual_matrix)
         if self.return_features:
             output["features"] = matrix
             output["attentions"] = attentions

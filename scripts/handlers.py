@@ -150,8 +150,9 @@ class ClassificationReport:
                 blanks = [""] * (len(header) - 3)
                 writer.writerow([failed.get("case", ""), failed.get("image", "")] + blanks + [failed.get("error", "")])
         self.logger.info(f"wrote {len(images)} predictions to {self.output_dir / self.predictions_file}")
+        if has_labels and (self.metrics_file or self.plots):
+            self.metrics = classification_metrics(probs, labels, names)  # the numbers the plots draw, too
         if has_labels and self.metrics_file:
-            self.metrics = classification_metrics(probs, labels, names)
             (self.output_dir / self.metrics_file).write_text(json.dumps(self.metrics, indent=2))
             summary = ", ".join(
                 f"{k}={self.metrics[k]:.4f}"
@@ -162,4 +163,4 @@ class ClassificationReport:
         if has_labels and self.plots:
             from .plots import save_classification_plots  # matplotlib is loaded only when pictures are wanted
 
-            save_classification_plots(probs, labels, names, self.output_dir)
+            save_classification_plots(probs, labels, self.metrics, self.output_dir)

@@ -1,7 +1,10 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""Classification metrics of a whole evaluation, overall and per class, from MONAI's metric functions."""
+"""
+Classification metrics of a whole evaluation, overall and per class, from MONAI's metric functions, and the
+numbers behind the pictures (:mod:`scripts.plots` draws them): one-vs-rest ROC points and the confusion matrix.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,57 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 from monai.networks.utils import one_hot
 
-__all__ = ["classification_metrics"]
+__all__ = ["roc_curve", "roc_curves", "confusion_matrix", "classification_metrics"]
 
 
 def _clean(value: float) -> float | None:
     """A float for JSON: NaN (a metric undefined for the data, e.g. AUC of a class with no case) becomes None."""
     value = float(value)
     return None if math.isnan(value) else value
+
+
+def roc_curve(scores: np.ndarray | torch.Tensor, positives: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """
+    ROC points of ``scores`` (N,) for binary ``positives`` (N,): false and true positive rates (K,) at every
+    distinct threshold, from (0, 0) to (1, 1); ties share one point (the trapezoid area is then MONAI's AUC).
+    """
+    scores = np.asarray(torch.as_tensor(scores).detach().cpu(), dtype=np.float64).reshape(-1)
+    positives = np.asarray(torch.as_tensor(positives).detach().cpu(), dtype=bool).reshape(-1)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, positives = scores[order], positives[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last index of each distinct threshold
+    tp, fp = np.cumsum(positives)[last], np.cumsum(~positives)[last]
+    tpr = np.r_[0.0, tp / max(positives.sum(), 1)]
+    fpr = np.r_[0.0, fp / max((~positives).sum(), 1)]
+    return fpr, tpr
+
+
+def roc_curves(probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """
+    One-vs-rest :func:`roc_curve` per class of ``probs`` (N, C) against true class indices ``labels`` (N,); None for
+    a class without a positive or without a negative case (no curve).
+    """
+    probs = torch.as_tensor(probs).detach().float().cpu()
+    labels = torch.as_tensor(labels).detach().reshape(-1).long().cpu()
+    curves: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for c in range(probs.shape[1]):
+        positives = labels == c
+        curves.append(None if positives.all() or not positives.any() else roc_curve(probs[:, c], positives))
+    return curves
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts (num_classes, num_classes) of class indices ``labels`` and ``preds`` (N,): row true, column predicted."""
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    preds = torch.as_tensor(preds).reshape(-1).long().cpu()
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    return matrix
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
@@ -45,8 +88,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
         recall = compute_confusion_matrix_metric("sensitivity", counts)
         f1 = compute_confusion_matrix_metric("f1 score", counts)
         auc = torch.as_tensor(compute_roc_auc(probs, y, average="none"), dtype=torch.float)
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    matrix.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    matrix = confusion_matrix(labels, preds, num_classes)
     support = matrix.sum(dim=1)
     present = support > 0
     return {

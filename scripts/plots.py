@@ -3,16 +3,18 @@
 
 """
 Pictures written as PNG files with matplotlib's Agg canvas (no display, no pyplot state): one-vs-rest ROC curves,
-the confusion matrix, and montages of saliency maps over three orthogonal slices.
+the confusion matrix, and montages of saliency maps over three orthogonal slices. The numbers are computed by
+:mod:`scripts.metrics` (:func:`~scripts.metrics.classification_metrics`, :func:`~scripts.metrics.roc_curves`);
+this module only draws them.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .metrics import roc_curves
+
 __all__ = [
-    "roc_curve",
-    "confusion_matrix",
     "save_roc",
     "save_confusion_matrix",
     "save_classification_plots",
@@ -31,31 +33,6 @@ __all__ = [
 ]
 
 VIEWS = ("axial", "coronal", "sagittal")
-
-
-def _numpy(x: torch.Tensor | np.ndarray | Sequence) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def roc_curve(scores: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """
-    ROC curve of ``scores`` (N,) for binary ``positives`` (N,): false and true positive rates at every distinct
-    threshold, from (0, 0) to (1, 1), and the area under it (ties count one half, as in the Mann-Whitney AUC).
-    """
-    scores, positives = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, positives = scores[order], positives[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last index of each distinct threshold
-    tp, fp = np.cumsum(positives)[last], np.cumsum(~positives)[last]
-    tpr = np.r_[0.0, tp / max(positives.sum(), 1)]
-    fpr = np.r_[0.0, fp / max((~positives).sum(), 1)]
-    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
-    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
-    return np.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
@@ -71,42 +48,37 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
 
 
 def save_roc(
-    probs: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    class_names: Sequence[str],
+    curves: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    metrics: Mapping[str, Any],
     path: str | os.PathLike,
     dpi: int = 100,
 ) -> Path:
-    """One-vs-rest ROC curve per class of ``probs`` (N, C) against true ``labels`` (N,), AUC in the legend."""
-    probs, labels = _numpy(probs), _numpy(labels).reshape(-1)
+    """
+    One-vs-rest ROC curves (per class ``(fpr, tpr)`` or None, from :func:`scripts.metrics.roc_curves`), the AUC of
+    ``metrics`` (:func:`scripts.metrics.classification_metrics`) in the legend.
+    """
+    names, total = metrics["class_names"], metrics["num_cases"]
     fig = Figure(figsize=(4.5, 4.2))
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    for c, name in enumerate(class_names):
-        positives = labels == c
-        if not positives.any() or positives.all():
-            ax.plot([], [], label=f"{name} (no curve: {int(positives.sum())} of {labels.size} cases)")
+    for name, curve in zip(names, curves):
+        if curve is None:
+            support = metrics["per_class"][name]["support"]
+            ax.plot([], [], label=f"{name} (no curve: {support} of {total} cases)")
             continue
-        fpr, tpr, auc = roc_curve(probs[:, c], positives)
-        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {auc:.3f})")
+        ax.plot(*curve, lw=1.5, label=f"{name} (AUC {metrics['per_class'][name]['auc']:.3f})")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate", ylabel="true positive rate")
-    ax.set_title(f"ROC, one class vs rest ({labels.size} cases)", fontsize=10)
+    ax.set_title(f"ROC, one class vs rest ({total} cases)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return _save(fig, path, dpi)
 
 
-def save_confusion_matrix(
-    probs: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    class_names: Sequence[str],
-    path: str | os.PathLike,
-    dpi: int = 100,
-) -> Path:
-    """Confusion matrix of the predicted class (argmax of ``probs`` (N, C)) vs ``labels`` (N,): counts and row %."""
-    probs, labels = _numpy(probs), _numpy(labels).reshape(-1)
-    n = len(class_names)
-    counts = confusion_matrix(labels, probs.argmax(axis=1), n)
+def save_confusion_matrix(metrics: Mapping[str, Any], path: str | os.PathLike, dpi: int = 100) -> Path:
+    """The confusion matrix of ``metrics`` (:func:`scripts.metrics.classification_metrics`): counts and row %."""
+    names = list(metrics["class_names"])
+    counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    n = len(names)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = 2.0 + 0.7 * n
     fig = Figure(figsize=(size + 0.8, size))
@@ -118,27 +90,31 @@ def save_confusion_matrix(
             ax.text(
                 j, i, f"{counts[i, j]}\n{100 * rates[i, j]:.0f}%", ha="center", va="center", fontsize=8, color=color
             )
-    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels=list(class_names), fontsize=8)
+    ax.set_xticks(range(n), labels=names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels=names, fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class")
-    ax.set_title(f"confusion matrix ({labels.size} cases)", fontsize=10)
+    ax.set_title(f"confusion matrix ({metrics['num_cases']} cases)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return _save(fig, path, dpi)
 
 
 def save_classification_plots(
-    probs: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    class_names: Sequence[str],
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    metrics: Mapping[str, Any],
     output_dir: str | os.PathLike,
     roc_file: str = "roc.png",
     confusion_file: str = "confusion_matrix.png",
 ) -> list[Path]:
-    """Write :func:`save_roc` and :func:`save_confusion_matrix` in ``output_dir``; returns the two paths."""
+    """
+    Write :func:`save_roc` (curves of ``probs`` (N, C) against ``labels`` (N,)) and :func:`save_confusion_matrix`
+    of ``metrics`` (:func:`scripts.metrics.classification_metrics` of the same cases) in ``output_dir``; returns
+    the two paths.
+    """
     return [
-        save_roc(probs, labels, class_names, Path(output_dir) / roc_file),
-        save_confusion_matrix(probs, labels, class_names, Path(output_dir) / confusion_file),
+        save_roc(roc_curves(probs, labels), metrics, Path(output_dir) / roc_file),
+        save_confusion_matrix(metrics, Path(output_dir) / confusion_file),
     ]
 
 

@@ -23,7 +23,6 @@ them by the training split's mean and flags them (see :class:`scripts.tabular_ne
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -151,20 +150,19 @@ def read_tabular_csv(
     return columns, table
 
 
-def attach_tabular(items: list[dict], datalist: str | os.PathLike) -> list[dict]:
+def attach_tabular(items: list[dict], datalist: Mapping[str, Any], base_dir: str | os.PathLike) -> list[dict]:
     """
-    Give every item without its own ``"tabular"`` list the values of its row in the datalist's ``"tabular_csv"``
-    (looked up by :func:`case_id`). A datalist without ``"tabular_csv"`` leaves the items as they are.
+    Give every item without its own ``"tabular"`` list the values of its row in the ``"tabular_csv"`` named by the
+    parsed ``datalist`` (its path relative to ``base_dir``; looked up by :func:`case_id`). A datalist without
+    ``"tabular_csv"`` leaves the items as they are. Items that are not dicts are left for the data check.
     """
-    path = Path(datalist)
-    spec = json.loads(path.read_text())
-    if not spec.get("tabular_csv"):
+    if not datalist.get("tabular_csv"):
         return items
-    csv_path = path.parent / spec["tabular_csv"]
-    id_column = spec.get("tabular_id_column", "id")
-    _, table = read_tabular_csv(csv_path, spec.get("tabular_columns"), id_column)
+    csv_path = Path(base_dir) / datalist["tabular_csv"]
+    id_column = datalist.get("tabular_id_column", "id")
+    _, table = read_tabular_csv(csv_path, datalist.get("tabular_columns"), id_column)
     for item in items:
-        if item.get("tabular") is not None:
+        if not isinstance(item, dict) or item.get("tabular") is not None:
             continue
         case = case_id(item)
         if case not in table:

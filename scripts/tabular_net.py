@@ -3,17 +3,19 @@
 
 """
 The tabular branch of the multimodal CAL network: missing-value imputation and normalisation with statistics
-stored in the module (so a saved model carries them), then a small MLP that gives the tabular embedding.
+stored in the module (so a saved model carries them), then a small MLP that gives the tabular embedding; and the
+tabular-only classifier (that branch and a linear layer), the third arm of the modality comparison.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["TabularEncoder"]
+__all__ = ["TabularEncoder", "TabularClassifier"]
 
 
 class TabularEncoder(nn.Module):
@@ -95,3 +97,43 @@ class TabularEncoder(nn.Module):
         if tabular.dim() != 2 or tabular.shape[1] != self.in_features:
             raise ValueError(f"expected tabular values of shape (B, {self.in_features}), got {list(tabular.shape)}.")
         return self.mlp(self.normalize(tabular))
+
+
+class TabularClassifier(nn.Module):
+    """
+    The tabular-only model: :class:`TabularEncoder` then a linear classifier, (B, L) values -> (B, num_classes)
+    logits. It has no image branch, no attention and no counterfactual; it is what a multimodal claim is compared
+    with (``--use_image false`` in the bundle's configs). It takes the image as its first input and ignores it, so
+    the bundle's engines, inferers and TorchScript export call it as they call the fused network:
+    ``network(images, tabular)``. Its state-dict keys (``tabular.*``, ``tabular_fc.*``) are those of the fused
+    network's tabular branch.
+
+    Args:
+        num_classes: number of output classes.
+        tabular_features: L, the number of tabular values per case.
+        tabular_kwargs: constructor arguments of the :class:`TabularEncoder`.
+        fc_bias: whether the classifier has a bias.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        tabular_features: int,
+        tabular_kwargs: dict[str, Any] | None = None,
+        fc_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if tabular_features < 1:
+            raise ValueError(
+                f"a tabular-only model needs tabular values: tabular_features is {tabular_features}; set "
+                f"--use_tabular true and --tabular_length."
+            )
+        self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
+        self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, ...) (ignored) and tabular values (B, L), NaN where missing -> logits (B, num_classes)."""
+        if tabular is None:
+            raise ValueError("a TabularClassifier needs the tabular values (B, L) as its second input.")
+        return self.tabular_fc(self.tabular(tabular))

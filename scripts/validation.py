@@ -4,7 +4,8 @@
 """
 Data checks that run before any training or inference time is spent.
 
-:func:`validate_datalist` reads a decathlon-style datalist and checks every case of the chosen splits: the image
+:func:`validate_datalist` takes a decathlon-style datalist (parsed by :func:`scripts.datalist.read_datalist`, or
+its file) and checks every case of the chosen splits: the image
 file exists, MONAI's ``LoadImage`` reads it, it is a 3D volume with ``in_channels`` channels and finite voxels; the
 label is an integer in ``[0, num_classes)``; no case is listed twice (same file, or same voxels under another
 name); no split is empty; and, when ``tabular_length`` is set, the item's ``"tabular"`` entry is a list of that many
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import math
 import os
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from monai.transforms import LoadImage
 
+from .datalist import read_datalist
 from .engine import as_bool
 from .handlers import case_name
-from .tabular import attach_tabular
 
 __all__ = [
     "Problem",
@@ -133,6 +133,15 @@ def _paths(image: Any) -> list[str] | None:
     if isinstance(image, Sequence) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
         return [os.fspath(p) for p in image]
     return None
+
+
+def _as_written(image: Any, base_dir: str | os.PathLike | None) -> str:
+    """An image entry as the datalist wrote it: relative to the datalist's folder when it lies inside it."""
+    text = str(image)
+    if base_dir is None or not isinstance(image, (str, os.PathLike)) or not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(text, os.fspath(base_dir))
+    return text if relative.startswith("..") else relative
 
 
 def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, loader: LoadImage | None = None):
@@ -273,7 +282,7 @@ def validate_items(
         if not isinstance(item, Mapping):
             report.errors.append(Problem(where, repr(item)[:80], "item is not an object", "write {'image': ...}"))
             continue
-        name = str(item.get(image_key, "?"))
+        name = _as_written(item.get(image_key, "?"), base_dir)
         problems: list[tuple[str, str]] = []
         if result is None:
             problems.append((f"no '{image_key}' entry", f"give each case an '{image_key}' path"))
@@ -302,7 +311,7 @@ def validate_items(
 
 
 def validate_datalist(
-    datalist: str | os.PathLike,
+    datalist: Mapping[str, Any] | str | os.PathLike,
     splits: Sequence[str] = ("training", "validation"),
     num_classes: int | None = None,
     in_channels: int = 1,
@@ -313,46 +322,40 @@ def validate_datalist(
     num_workers: int | None = None,
 ) -> ValidationReport:
     """
-    Check the ``splits`` of a decathlon-style datalist file (see the module docstring for the checks).
+    Check the ``splits`` of a decathlon-style datalist (see the module docstring for the checks).
 
     Args:
-        datalist: path of the JSON file; image paths in it are relative to its folder.
+        datalist: the datalist parsed by :func:`scripts.datalist.read_datalist` (what the bundle passes: the
+            file is read once per run), or its file, read here; image paths in the file are relative to its folder.
         splits: the splits to check; each must exist and be non-empty.
         num_classes: labels must lie in ``[0, num_classes)``; None checks only that they are non-negative integers.
         in_channels: the number of channels each image must have.
         tabular_length: when set, each item must have ``"tabular"`` (its own, or its row of the datalist's
             ``"tabular_csv"``): a list of this many numbers, None or NaN marking a missing value.
         reference_split: the split whose classes the others should contain (a class missing there is a warning);
-            read from the file even when not in ``splits``; None skips the warning.
+            read from the datalist even when not in ``splits``; None skips the warning.
         num_workers: threads reading images (default: up to 4).
     """
-    report = ValidationReport(source=f"'{datalist}'")
-    try:
-        content = json.loads(Path(datalist).read_text())
-    except (OSError, ValueError) as e:
-        report.errors.append(Problem("datalist", str(datalist), f"unreadable JSON ({e})", "fix the JSON file"))
-        return report
-    if not isinstance(content, Mapping):
-        report.errors.append(
-            Problem("datalist", str(datalist), "not a JSON object", 'write {"training": [...], "validation": [...]}')
-        )
-        return report
-    base_dir = Path(datalist).parent
+    if not isinstance(datalist, Mapping):
+        try:
+            datalist = read_datalist(datalist)
+        except (OSError, ValueError) as e:
+            report = ValidationReport(source=f"'{datalist}'")
+            report.errors.append(Problem("datalist", str(datalist), str(e), "fix the datalist file or its tabular CSV"))
+            return report
+    content = datalist
+    source = str(content.get("path", "datalist"))
+    report = ValidationReport(source=f"'{source}'")
+    base_dir = Path(source).parent
     seen: dict[str, str] = {}
     for split in splits:
         items = content.get(split)
         if not isinstance(items, list) or not items:
             what = "missing" if items is None else ("empty" if isinstance(items, list) else "not a list")
             report.errors.append(
-                Problem("datalist", str(datalist), f"split '{split}' is {what}", f"list the {split} cases under it")
+                Problem("datalist", source, f"split '{split}' is {what}", f"list the {split} cases under it")
             )
             continue
-        if tabular_length is not None and all(isinstance(i, Mapping) for i in items):
-            try:
-                items = attach_tabular([dict(i) for i in items], datalist)
-            except (OSError, ValueError) as e:
-                report.errors.append(Problem("datalist", str(datalist), str(e), "fix the tabular CSV or the items"))
-                continue
         validate_items(
             items, split, report, num_classes=num_classes, in_channels=in_channels, labelled=True,
             tabular_length=tabular_length, base_dir=base_dir, image_key=image_key, label_key=label_key, seen=seen,
@@ -376,7 +379,7 @@ def validate_datalist(
     return report
 
 
-def check_datalist(datalist: str | os.PathLike, **kwargs: Any) -> ValidationReport:
+def check_datalist(datalist: Mapping[str, Any] | str | os.PathLike, **kwargs: Any) -> ValidationReport:
     """:func:`validate_datalist`, raising :class:`DataValidationError` when there is any error; logs warnings."""
     report = validate_datalist(datalist, **kwargs)
     for warning in report.warnings:
@@ -387,7 +390,9 @@ def check_datalist(datalist: str | os.PathLike, **kwargs: Any) -> ValidationRepo
     return report
 
 
-def require_valid_datalist(datalist: str | os.PathLike, enabled: bool = True, **kwargs: Any) -> ValidationReport | None:
+def require_valid_datalist(
+    datalist: Mapping[str, Any] | str | os.PathLike, enabled: bool = True, **kwargs: Any
+) -> ValidationReport | None:
     """
     The bundle's data check (train.json, evaluate.json): :func:`check_datalist`, ending the program with the
     report's message and exit status 1 when the data has errors, before a network is built or trained.

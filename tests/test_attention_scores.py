@@ -24,6 +24,7 @@ from scripts.attention_scores import (
     summarize,
     summary_markdown,
 )
+from scripts.datalist import read_datalist
 from scripts.tools.score_attention import main
 from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 
@@ -97,7 +98,7 @@ def test_score_case_and_summary(cube):
 
 
 def test_masked_items_checks_masks(tiny_dataset, tmp_path):
-    assert len(masked_items(tiny_dataset / "datalist.json", "test")) == 8
+    assert len(masked_items(read_datalist(tiny_dataset / "datalist.json"), "test")) == 8
     datalist = json.loads((tiny_dataset / "datalist.json").read_text())
     datalist["test"] = [
         {k: str(tiny_dataset / v) if k != "label" else v for k, v in i.items()} for i in datalist["test"]
@@ -105,11 +106,11 @@ def test_masked_items_checks_masks(tiny_dataset, tmp_path):
     datalist["test"][1].pop("mask")
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
     with pytest.raises(ValueError, match=r"case_0025.*has no \"mask\""):
-        masked_items(tmp_path / "datalist.json", "test")
+        masked_items(read_datalist(tmp_path / "datalist.json"), "test")
     datalist["test"] = [{"image": str(tiny_dataset / "images/case_0024.nii.gz"), "label": 0, "mask": "nowhere.nii"}]
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
     with pytest.raises(FileNotFoundError, match="mask of case 'case_0024'"):
-        masked_items(tmp_path / "datalist.json", "test")
+        masked_items(read_datalist(tmp_path / "datalist.json"), "test")
 
 
 def test_scoring_config_parses():

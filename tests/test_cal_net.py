@@ -61,9 +61,23 @@ def test_bap3d_counterfactual_is_random_in_training():
     assert not torch.allclose(cf1, ones)
 
 
-def test_bap3d_rejects_unknown_pool():
+def test_bap3d_rejects_unknown_pool_and_counterfactual():
     with pytest.raises(ValueError, match="GAP"):
         BAP3D(pool="mean")
+    with pytest.raises(ValueError, match="counterfactual"):
+        BAP3D(counterfactual="mirror")
+
+
+@pytest.mark.parametrize("kind", ["uniform", "reversed"])
+def test_bap3d_owns_its_counterfactual(kind):
+    """The configured kind in training, all ones in eval mode (the seed's inference counterfactual)."""
+    features, attentions = torch.randn(2, 4, 2, 2, 2), torch.rand(2, 3, 2, 2, 2)
+    bap = BAP3D(counterfactual=kind).train()
+    matrix, counterfactual = bap(features, attentions)
+    torch.testing.assert_close(matrix, bap.pool_features(features, attentions))
+    torch.testing.assert_close(counterfactual, bap.pool_features(features, counterfactual_attention(attentions, kind)))
+    _, counterfactual = bap.eval()(features, attentions)
+    torch.testing.assert_close(counterfactual, bap.pool_features(features, torch.ones_like(attentions)))
 
 
 @pytest.mark.parametrize("kind", COUNTERFACTUALS)
@@ -121,6 +135,18 @@ def test_train_mode_returns_factual_and_effect_logits():
     torch.testing.assert_close(out["effect"], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_network_uses_its_bap3d_with_the_configured_counterfactual():
+    net = tiny_net(counterfactual="reversed").train()
+    assert net.bap.counterfactual == "reversed"
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = net(x)
+    features = net.backbone(x)
+    attentions = net.attention(features)
+    reversed_attention = attentions.amax(dim=(2, 3, 4), keepdim=True) - attentions
+    expected = out["logits"] - net.classify(net.bap.pool_features(features, reversed_attention))
+    torch.testing.assert_close(out["effect"], expected, rtol=1e-4, atol=1e-4)
+
+
 def test_eval_mode_returns_logits_and_computes_no_counterfactual(monkeypatch):
     net = tiny_net().eval()
 
@@ -128,6 +154,8 @@ def test_eval_mode_returns_logits_and_computes_no_counterfactual(monkeypatch):
         raise AssertionError("the counterfactual branch ran at inference")
 
     monkeypatch.setattr(cal_net, "counterfactual_attention", forbidden)
+    monkeypatch.setattr(cal_net.BAP3D, "forward", forbidden)
+    monkeypatch.setattr(cal_net.BAP3D, "counterfactual_attention", forbidden)
     x = torch.randn(2, 1, 16, 16, 16)
     logits = net(x)
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import class_names, inference_items, load_split
+from scripts.datalist import class_names, inference_items, load_split, read_datalist, split_items
 from scripts.tools.synthetic_data import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_case
 
 
@@ -96,12 +96,22 @@ def test_load_split_resolves_paths(tiny_dataset):
     items = load_split(tiny_dataset / "datalist.json", "validation")
     assert len(items) == 8
     assert items[0]["image"].startswith(str(tiny_dataset)) and items[0]["mask"].startswith(str(tiny_dataset))
-    assert class_names(tiny_dataset / "datalist.json", 4) == list(SYNTHETIC_CLASSES)
+    assert class_names(read_datalist(tiny_dataset / "datalist.json"), 4) == list(SYNTHETIC_CLASSES)
+
+
+def test_read_datalist_parses_every_split_once(tiny_dataset):
+    parsed = read_datalist(tiny_dataset / "datalist.json")
+    assert parsed["path"] == str(tiny_dataset / "datalist.json")
+    for split in ("training", "validation", "test"):
+        assert split_items(parsed, split) == load_split(tiny_dataset / "datalist.json", split)
+    assert all(item["image"].startswith(str(tiny_dataset)) for item in split_items(parsed, "test"))
+    with pytest.raises(ValueError, match="no 'extra' split"):
+        split_items(parsed, "extra")
 
 
 def test_class_names_fall_back_to_indices(tmp_path):
     (tmp_path / "datalist.json").write_text(json.dumps({"training": []}))
-    assert class_names(tmp_path / "datalist.json", 2) == ["class_0", "class_1"]
+    assert class_names(read_datalist(tmp_path / "datalist.json"), 2) == ["class_0", "class_1"]
 
 
 def test_inference_items_from_datalist_folder_and_file(tiny_dataset, tmp_path):

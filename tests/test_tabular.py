@@ -105,7 +105,7 @@ def test_bad_csv_is_reported(tmp_path, rows, columns, match):
 def test_datalist_without_csv_is_left_alone(tmp_path):
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": 0}]}))
     items = [{"image": "a.nii.gz", "label": 0}]
-    assert attach_tabular(items, tmp_path / "datalist.json") == [{"image": "a.nii.gz", "label": 0}]
+    assert attach_tabular(items, {"training": items}, tmp_path) == [{"image": "a.nii.gz", "label": 0}]
 
 
 def test_statistics_ignore_missing_values_and_guard_degenerate_columns():

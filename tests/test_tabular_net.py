@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """The tabular branch: normalisation carried by the model, fusion with the CAL image embedding, the
-counterfactual that swaps only the image attention, the tabular-only mode, TorchScript with two inputs."""
+counterfactual that swaps only the image attention, the tabular-only classifier, TorchScript with two inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scripts.cal_net import CALNet, counterfactual_attention
-from scripts.tabular_net import TabularEncoder
+from scripts.tabular_net import TabularClassifier, TabularEncoder
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 NAN = float("nan")
@@ -112,23 +112,29 @@ def test_gradients_reach_both_branches():
         assert sum(float(p.grad.abs().sum()) for p in part.parameters()) > 0
 
 
-def test_tabular_only_mode():
-    model = net(tabular_features=5, image_branch=False).train()
-    assert model.backbone is None and model.cal is False
-    assert all(k.startswith("tabular") for k in model.state_dict())
+def tabular_only(**kwargs) -> TabularClassifier:
+    torch.manual_seed(0)
+    return TabularClassifier(**{"num_classes": 3, "tabular_features": 5, **kwargs})
+
+
+def test_tabular_only_classifier():
+    model = tabular_only().train()
+    assert all(k.startswith("tabular") for k in model.state_dict())  # the fused network's tabular keys
     x, t = inputs()
     out = model(x, t)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)  # no counterfactual without an image branch
-    with pytest.raises(RuntimeError, match="no attention maps"):
-        model.forward_attention(x, t)
-    with pytest.raises(ValueError, match="needs tabular_features"):
-        net(image_branch=False)
-    assert net(tabular_features=5, image_branch="false").backbone is None  # as the command line passes it
+    torch.testing.assert_close(out, model(torch.zeros(1), t))  # the image is ignored
+    assert not hasattr(model, "forward_attention")
+    with pytest.raises(ValueError, match="second input"):
+        model(x)
+    with pytest.raises(ValueError, match="tabular_length"):
+        tabular_only(tabular_features=0)
 
 
 @pytest.mark.parametrize("image_branch", [True, False], ids=["fused", "tabular_only"])
 def test_torchscript_with_two_inputs(image_branch):
-    model = net(tabular_features=5, image_branch=image_branch, tabular_kwargs={"mean": [50.0] * 5}).eval()
+    build = net if image_branch else tabular_only
+    model = build(tabular_features=5, tabular_kwargs={"mean": [50.0] * 5}).eval()
     scripted = torch.jit.script(model)
     x, t = inputs()
     torch.testing.assert_close(scripted(x, t), model(x, t))

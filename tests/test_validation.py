@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from scripts.datalist import read_datalist
 from scripts.validation import (
     DataValidationError,
     check_datalist,
@@ -215,7 +216,7 @@ def test_tabular_values_from_the_datalists_csv_are_checked(data):
     datalist = json.loads((data / "datalist.json").read_text())
     datalist.update({"tabular_csv": "clinical.csv", "tabular_columns": ["a", "b"]})
     rows = ["id,a,b"]
-    for split in ("training", "validation"):
+    for split in ("training", "validation", "test"):  # the datalist is read whole: every case needs its row
         for i, item in enumerate(datalist[split]):
             item["id"] = f"{split}{i}"
             rows.append(f"{split}{i},1.0,{'' if i == 0 else 2.0}")
@@ -224,6 +225,16 @@ def test_tabular_values_from_the_datalists_csv_are_checked(data):
     assert _check(data, tabular_length=2).ok  # an empty cell is a missing value
     report = _check(data, tabular_length=3)
     assert not report.ok and "'tabular' has 2 values, expected 3" in report.message()
+    (data / "clinical.csv").write_text("\n".join(rows[:-1]) + "\n")  # the last test case loses its row
+    _only_error(_check(data, tabular_length=2), "datalist", "case 'test2' (image", "fix the datalist file")
+
+
+def test_the_parsed_datalist_is_checked_without_reading_the_file_again(data):
+    parsed = read_datalist(data / "datalist.json")
+    (data / "datalist.json").write_text("not json")
+    report = validate_datalist(parsed, num_classes=NUM_CLASSES, splits=("training",))
+    assert report.ok and report.num_cases == 6, report.message()
+    assert "cannot be read as JSON" in _check(data).errors[0].reason
 
 
 def test_one_message_lists_every_bad_case(data):
