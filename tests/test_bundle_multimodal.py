@@ -63,6 +63,7 @@ def test_evaluation_of_the_multimodal_model(trained, dataset, tmp_path):
     run_bundle(
         "run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(dataset),
         "--ckpt_dir", str(trained["models"]), "--output_dir", str(tmp_path), *MULTIMODAL, *TINY_OVERRIDES,
+        "--class_names", json.dumps(CLASSES).replace('"', "'"),
     )  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["num_cases"] == 8 and set(metrics["per_class"]) == set(CLASSES)
