@@ -28,6 +28,7 @@ __all__ = [
     "build_dataset",
     "PlainTensorBatch",
     "prepare_network",
+    "unwrap_network",
     "amp_enabled",
     "autocast_kwargs",
 ]
@@ -144,6 +145,22 @@ def prepare_network(
         device_ids = [device] if device.type == "cuda" else None
         network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **(ddp_kwargs or {}))
     return network
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """
+    The model inside its training wrappers: ``DistributedDataParallel`` (or ``DataParallel``), see
+    :func:`prepare_network`, and ``torch.compile`` (MONAI's trainer with ``compile``), in any nesting; a network
+    without wrappers is returned as it is. For calls of the model's own methods (``forward_attention``) and
+    attributes, and for an evaluator that must not run the distributed wrapper's collectives.
+    """
+    while True:
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module
+        elif isinstance(getattr(network, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            network = network._orig_mod
+        else:
+            return network
 
 
 def loader_class(thread_loader: bool | str = False) -> type[DataLoader]:

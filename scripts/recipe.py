@@ -30,7 +30,7 @@ from torch import nn
 
 from .attention import attention_map
 from .engine import as_bool
-from .performance import plain_tensor
+from .performance import plain_tensor, unwrap_network
 
 __all__ = [
     "select_attention_maps",
@@ -126,10 +126,6 @@ def attention_drop(images: torch.Tensor, maps: torch.Tensor, theta: float | Sequ
     """
     mask = _upsampled_masks(maps, images.shape[2:], _thetas(theta, images.shape[0], images.device))
     return images * (~mask).to(images.dtype)
-
-
-def _module(network: nn.Module) -> nn.Module:
-    return getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
 
 
 class AttentionAugmentInferer(Inferer):
@@ -234,7 +230,7 @@ class AttentionCropInferer(Inferer):
     def _averaged(
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, attentions = _module(network).forward_attention(inputs, *args, **kwargs)
+        logits, attentions = unwrap_network(network).forward_attention(inputs, *args, **kwargs)
         mean_map = attentions.mean(dim=1, keepdim=True)
         total = logits
         for theta, padding in zip(self.thetas, self.paddings):
@@ -245,9 +241,9 @@ class AttentionCropInferer(Inferer):
         if not self.enabled:
             if not self.return_attention:
                 return network(inputs, *args, **kwargs)
-            if not hasattr(_module(network), "forward_attention"):
+            if not hasattr(unwrap_network(network), "forward_attention"):
                 return {"logits": network(inputs, *args, **kwargs)}
-            logits, attentions = _module(network).forward_attention(inputs, *args, **kwargs)
+            logits, attentions = unwrap_network(network).forward_attention(inputs, *args, **kwargs)
             return {"logits": logits, "attention": attention_map(attentions, inputs.shape[2:])}
         inputs = plain_tensor(inputs)
         logits, attentions = self._averaged(inputs, network, *args, **kwargs)

@@ -41,6 +41,7 @@ from torch import nn
 
 from .engine import as_bool
 from .handlers import case_name
+from .performance import unwrap_network
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -245,7 +246,7 @@ class TabularStatisticsHandler:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Any = None) -> None:
-        encoder = getattr(getattr(self.network, "module", self.network), "tabular", None)
+        encoder = getattr(unwrap_network(self.network), "tabular", None)
         if encoder is None:
             return
         stats = tabular_statistics(self.items, encoder.in_features, self.key)

@@ -23,6 +23,7 @@ from scripts.performance import (
     autocast_kwargs,
     build_dataset,
     prepare_network,
+    unwrap_network,
 )
 from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle
 
@@ -123,6 +124,13 @@ def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path, caplog):
         (out["logits"].sum() + out["effect"].sum()).backward()  # no unused parameters for DDP to reject
     finally:
         distributed.destroy_process_group()  # also resets ignite's view of the group
+
+
+def test_unwrap_network_removes_parallel_and_compile_wrappers():
+    net = _tiny_net()
+    assert unwrap_network(net) is net
+    assert unwrap_network(torch.nn.DataParallel(net)) is net  # DistributedDataParallel's .module likewise
+    assert unwrap_network(torch.compile(torch.nn.DataParallel(net))) is net  # compiling is lazy: nothing runs here
 
 
 @pytest.mark.slow
