@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
-from .engine import as_bool
 from .tabular_net import TabularEncoder
 
 __all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
@@ -169,14 +168,13 @@ class CALNet(nn.Module):
         super().__init__()
         if counterfactual not in COUNTERFACTUALS:
             raise ValueError(f"unknown counterfactual '{counterfactual}', choose one of {COUNTERFACTUALS}.")
-        image_branch = as_bool(image_branch, "image_branch")  # "--use_image false" arrives as a string
         self.tabular: TabularEncoder | None = None
         self.tabular_fc: nn.Linear | None = None
         if tabular_features > 0:
             self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
             self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias and not image_branch)
         self.image_branch = image_branch
-        self.return_features = as_bool(return_features, "return_features")
+        self.return_features = return_features
         if not image_branch:
             if self.tabular is None:
                 raise ValueError("image_branch=False (a tabular-only model) needs tabular_features > 0.")
@@ -202,7 +200,7 @@ class CALNet(nn.Module):
         self.fc = nn.Linear(num_attentions * channels, num_classes, bias=fc_bias)
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = as_bool(cal, "cal")
+        self.cal = cal
         self.counterfactual = counterfactual
         self.scale = scale
 

