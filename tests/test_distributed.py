@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from scripts import distributed
 from tests.conftest import ROOT, TINY_OVERRIDES
 
-MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
+MULTI_GPU = "['configs/train.json','configs/synthetic_attention.json','configs/multi_gpu_train.json']"
 CLASSES = ["solid", "hollow", "striped", "checkered"]
 NUM_VAL = 7  # odd: two ranks get 4 and 3 cases, i.e. 2 and 1 batches of 3
 
