@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
+from .performance import unwrap_network
+
 __all__ = ["AttentionInferer", "attention_map"]
 
 
@@ -36,7 +38,7 @@ class AttentionInferer(Inferer):
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        module = getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
+        module = unwrap_network(network)
         if not hasattr(module, "forward_attention"):
             return {"logits": network(inputs, *args, **kwargs)}
         logits, attentions = module.forward_attention(inputs, *args, **kwargs)

@@ -32,6 +32,7 @@ import torch
 from monai.utils import min_version, optional_import
 
 from .datalist import split_items
+from .distributed import get_rank
 from .handlers import case_name
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -323,7 +324,7 @@ class AttentionScoreReport:
             gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
             dist.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-            if dist.get_rank() != 0:
+            if get_rank() != 0:
                 return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         map_names = [k for k in self.map_keys if rows and f"{k}_energy" in rows[0]]

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
-from .engine import as_bool
 from .tabular_net import TabularEncoder
 
 __all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
@@ -201,9 +200,9 @@ class CALNet(nn.Module):
             self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=False)  # fc has the bias
         self.num_classes = num_classes
         self.num_attentions = num_attentions
-        self.cal = as_bool(cal, "cal")
+        self.cal = cal
         self.scale = scale
-        self.return_features = as_bool(return_features, "return_features")
+        self.return_features = return_features
 
     def classify(self, matrix: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of a feature matrix (B, M*C)."""

@@ -30,12 +30,11 @@ import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import min_version, optional_import
 
-from .engine import as_bool
+from .distributed import get_rank
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
 BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", "0.4.11", min_version, "BaseSaveHandler")
-idist, _ = optional_import("ignite", "0.4.11", min_version, "distributed")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -127,11 +126,11 @@ class AtomicSaver(BaseSaveHandler):
         self.save_on_rank = save_on_rank
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        if idist.get_rank() == self.save_on_rank:
+        if get_rank() == self.save_on_rank:
             atomic_save(checkpoint, self.dirname / (self.filename or filename))
 
     def remove(self, filename: str) -> None:
-        if self.filename is None and idist.get_rank() == self.save_on_rank:
+        if self.filename is None and get_rank() == self.save_on_rank:
             (self.dirname / filename).unlink(missing_ok=True)
 
 
@@ -213,7 +212,7 @@ class TrainingCheckpoint:
         self.path = Path(save_dir) / filename
         self.save_dict = dict(save_dict)
         self.iteration_interval = int(iteration_interval or 0)
-        self.resume = as_bool(resume)
+        self.resume = resume
         self.validator = validator
         self.map_location = map_location
         self.logger = logging.getLogger(self.__class__.__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["split_metrics", "as_bool", "optional_items", "use_deterministic_algorithms"]
+__all__ = ["split_metrics", "read_switches", "optional_items", "use_deterministic_algorithms"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "null", "")
@@ -27,30 +27,40 @@ def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any],
     return {key: metrics[key]}, {k: v for k, v in metrics.items() if k != key}
 
 
-def as_bool(value: Any, name: str = "value") -> bool:
+def read_switches(**switches: Any) -> dict[str, bool]:
     """
-    A config switch as a bool. ``python -m monai.bundle run ... --cal false`` passes the string ``"false"`` (the
-    command line parser only turns ``False`` into a bool), which Python would take as true: ``true``/``false``,
-    ``yes``/``no``, ``on``/``off`` and ``1``/``0`` are accepted in any case; any other text is an error.
+    Every on/off setting of a config as a real ``bool``, converted once where the config is read: the configs hold
+    ``"switches": {"_target_": "scripts.engine.read_switches", "cal": "@cal", ...}`` and their consumers read
+    ``"$@switches['cal']"``, so that the code they reach gets plain bools.
+
+    ``python -m monai.bundle run ... --cal false`` passes the string ``"false"`` (the command line parser only turns
+    ``False`` into a bool), which Python would take as true: ``true``/``false``, ``yes``/``no``, ``on``/``off`` and
+    ``1``/``0`` are accepted in any case, as are bools, 0/1 and null (off); any other value is an error that names
+    the setting.
     """
+    return {name: _switch(name, value) for name, value in switches.items()}
+
+
+def _switch(name: str, value: Any) -> bool:
     if isinstance(value, str):
         text = value.strip().lower()
         if text in _TRUE + _FALSE:
             return text in _TRUE
-        raise ValueError(f"{name}: '{value}' is not a true/false switch value; use true or false.")
-    return bool(value)
+    elif value is None or isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name}: {value!r} is not a true/false switch value; use --{name} true or --{name} false.")
 
 
-def optional_items(items: Sequence[Any], enabled: Any) -> list[Any]:
-    """``items`` as a list when ``enabled`` (see :func:`as_bool`), else an empty list: an optional config block."""
-    return list(items) if as_bool(enabled, "enabled") else []
+def optional_items(items: Sequence[Any], enabled: bool) -> list[Any]:
+    """``items`` as a list when ``enabled``, else an empty list: an optional config block."""
+    return list(items) if enabled else []
 
 
-def use_deterministic_algorithms(enabled: bool | str) -> None:
+def use_deterministic_algorithms(enabled: bool) -> None:
     """
     With ``enabled`` (``--deterministic true``), make PyTorch use deterministic kernels only (an error where an
     operation has none) and set the cuBLAS workspace that deterministic CUDA matrix products need.
     """
-    if as_bool(enabled, "deterministic"):
+    if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

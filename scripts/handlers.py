@@ -17,7 +17,7 @@ import torch
 from monai.data import decollate_batch
 from monai.utils import evenly_divisible_all_gather, min_version, optional_import, string_list_all_gather
 
-from .engine import as_bool
+from .distributed import get_rank
 from .metrics import classification_metrics
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
@@ -38,11 +38,6 @@ def case_name(path: str | os.PathLike) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class ClassificationReport:
@@ -91,7 +86,7 @@ class ClassificationReport:
         self.label_key = label_key
         self.image_key = image_key
         self.failed = None if failed is None else [dict(row) for row in failed]
-        self.plots = as_bool(plots)
+        self.plots = plots
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()
@@ -129,7 +124,7 @@ class ClassificationReport:
 
     def _write(self, engine: Engine) -> None:
         images, probs, labels = self._gather()
-        if _rank() != 0:
+        if get_rank() != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         has_labels = labels.numel() > 0 and bool((labels >= 0).all())

@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-Options for small, imbalanced data sets: class weights of the loss computed from the training split, and a
-sampler that draws every class equally often.
+Options for small, imbalanced data sets: class weights of the loss computed from the training split, and the
+training sampler, which can draw every class equally often, in one process or split across distributed processes.
 """
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import WeightedRandomSampler
+from monai.data import DistributedSampler, DistributedWeightedRandomSampler
+from torch.utils.data import Sampler, WeightedRandomSampler
 
-from .engine import as_bool
-
-__all__ = ["class_counts", "inverse_frequency_weights", "resolve_class_weights", "balanced_sampler"]
+__all__ = [
+    "class_counts",
+    "inverse_frequency_weights",
+    "resolve_class_weights",
+    "balancing_weights",
+    "training_sampler",
+]
 
 
 def _labels(items: Sequence[Mapping[str, Any]], num_classes: int) -> list[int]:
@@ -73,17 +78,43 @@ def resolve_class_weights(
     return weights
 
 
-def balanced_sampler(
-    items: Sequence[Mapping[str, Any]], num_classes: int, enabled: bool = True, num_samples: int | None = None
-) -> WeightedRandomSampler | None:
-    """
-    A ``WeightedRandomSampler`` over the training ``items`` that draws every class equally often (with
-    replacement, ``num_samples`` per epoch, the split's size by default), or None when not ``enabled``
-    (the data loader then shuffles as usual).
-    """
-    if not as_bool(enabled, "balanced_sampling"):
-        return None
+def balancing_weights(items: Sequence[Mapping[str, Any]], num_classes: int) -> torch.Tensor:
+    """Per-case sampling weights ``1 / count(class of the case)``: every class is drawn equally often."""
     labels = _labels(items, num_classes)
     counts = class_counts(items, num_classes)
-    per_case = torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
-    return WeightedRandomSampler(per_case, num_samples=num_samples or len(labels), replacement=True)
+    return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
+
+
+def training_sampler(
+    items: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    balanced: bool = False,
+    distributed: bool = False,
+    seed: int = 0,
+    num_samples: int | None = None,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+) -> Sampler | None:
+    """
+    The sampler of the training data loader over the training ``items`` (in the data set's order):
+
+    - one process: None (the data loader shuffles as usual), or with ``balanced`` a ``WeightedRandomSampler`` that
+      draws every class equally often (with replacement, ``num_samples`` per epoch, the split's size by default);
+    - ``distributed`` (``configs/multi_gpu_train.json``): MONAI's ``DistributedSampler``, each process a shuffled
+      share of the cases, or with ``balanced`` its ``DistributedWeightedRandomSampler``, which draws from each
+      process's share with the class-balancing weights of the whole split (as many cases as the share holds;
+      ``num_samples`` applies to one process only): classes are balanced as far as each share holds them, so a
+      split of a few cases per class per process comes out only roughly balanced.
+
+    Both distributed samplers reshuffle every epoch from ``seed`` (MONAI's trainer sets the epoch); ``num_replicas``
+    and ``rank`` default to the process group's.
+    """
+    if distributed:
+        shared = {"shuffle": True, "seed": seed, "even_divisible": True, "num_replicas": num_replicas, "rank": rank}
+        if not balanced:
+            return DistributedSampler(items, **shared)
+        return DistributedWeightedRandomSampler(items, balancing_weights(items, num_classes).tolist(), **shared)
+    if not balanced:
+        return None
+    weights = balancing_weights(items, num_classes)
+    return WeightedRandomSampler(weights, num_samples=num_samples or len(weights), replacement=True)

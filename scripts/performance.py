@@ -19,8 +19,6 @@ from monai.data.utils import pickle_hashing
 from monai.engines import PrepareBatchExtraInput, default_prepare_batch
 from torch import nn
 
-from .engine import as_bool
-
 __all__ = [
     "plain_tensor",
     "DATASET_CACHES",
@@ -28,6 +26,7 @@ __all__ = [
     "build_dataset",
     "PlainTensorBatch",
     "prepare_network",
+    "unwrap_network",
     "amp_enabled",
     "autocast_kwargs",
 ]
@@ -131,7 +130,6 @@ def prepare_network(
         ddp_kwargs: further arguments of ``DistributedDataParallel``.
     """
     device = torch.device(device)
-    channels_last, distributed, sync_batchnorm = as_bool(channels_last), as_bool(distributed), as_bool(sync_batchnorm)
     if distributed and sync_batchnorm:
         if device.type == "cuda":
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
@@ -146,9 +144,25 @@ def prepare_network(
     return network
 
 
-def loader_class(thread_loader: bool | str = False) -> type[DataLoader]:
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """
+    The model inside its training wrappers: ``DistributedDataParallel`` (or ``DataParallel``), see
+    :func:`prepare_network`, and ``torch.compile`` (MONAI's trainer with ``compile``), in any nesting; a network
+    without wrappers is returned as it is. For calls of the model's own methods (``forward_attention``) and
+    attributes, and for an evaluator that must not run the distributed wrapper's collectives.
+    """
+    while True:
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module
+        elif isinstance(getattr(network, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            network = network._orig_mod
+        else:
+            return network
+
+
+def loader_class(thread_loader: bool = False) -> type[DataLoader]:
     """``ThreadDataLoader`` (batches prefetched in a background thread) if ``thread_loader``, else ``DataLoader``."""
-    return ThreadDataLoader if as_bool(thread_loader) else DataLoader
+    return ThreadDataLoader if thread_loader else DataLoader
 
 
 def amp_enabled(amp: bool, device: str | torch.device) -> bool:
@@ -156,7 +170,6 @@ def amp_enabled(amp: bool, device: str | torch.device) -> bool:
     Whether MONAI's engines should run with automatic mixed precision: ``amp`` on a CUDA ``device``. MONAI's
     engines autocast on CUDA only, so on other devices a requested ``amp`` is ignored with a warning.
     """
-    amp = as_bool(amp)
     if amp and torch.device(device).type != "cuda":
         logger.warning("amp (mixed precision) runs on CUDA devices only; training on %s in float32.", device)
         return False

@@ -29,8 +29,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .attention import attention_map
-from .engine import as_bool
-from .performance import plain_tensor
+from .performance import plain_tensor, unwrap_network
 
 __all__ = [
     "select_attention_maps",
@@ -128,10 +127,6 @@ def attention_drop(images: torch.Tensor, maps: torch.Tensor, theta: float | Sequ
     return images * (~mask).to(images.dtype)
 
 
-def _module(network: nn.Module) -> nn.Module:
-    return getattr(network, "module", network)  # DistributedDataParallel wraps the CAL network
-
-
 class AttentionAugmentInferer(Inferer):
     """
     Training inferer of the original recipe. Runs the network on the batch; with ``enabled``, draws a crop and a
@@ -158,7 +153,7 @@ class AttentionAugmentInferer(Inferer):
         drop_theta: float | Sequence[float] = (0.2, 0.5),
     ) -> None:
         super().__init__()
-        self.enabled = as_bool(enabled, "enabled")
+        self.enabled = enabled
         self.crop_theta = crop_theta
         self.crop_padding = crop_padding
         self.drop_theta = drop_theta
@@ -222,19 +217,19 @@ class AttentionCropInferer(Inferer):
         return_attention: bool = False,
     ) -> None:
         super().__init__()
-        self.enabled = as_bool(enabled, "enabled")
+        self.enabled = enabled
         self.thetas = [float(t) for t in thetas]
         paddings = [float(padding)] * len(self.thetas) if isinstance(padding, (int, float)) else list(padding)
         if len(paddings) != len(self.thetas):
             raise ValueError(f"give one padding or one per threshold: {len(paddings)} for {len(self.thetas)}.")
         self.paddings = paddings
-        self.flip = as_bool(flip, "flip")
-        self.return_attention = as_bool(return_attention, "return_attention")
+        self.flip = flip
+        self.return_attention = return_attention
 
     def _averaged(
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, attentions = _module(network).forward_attention(inputs, *args, **kwargs)
+        logits, attentions = unwrap_network(network).forward_attention(inputs, *args, **kwargs)
         mean_map = attentions.mean(dim=1, keepdim=True)
         total = logits
         for theta, padding in zip(self.thetas, self.paddings):
@@ -245,9 +240,9 @@ class AttentionCropInferer(Inferer):
         if not self.enabled:
             if not self.return_attention:
                 return network(inputs, *args, **kwargs)
-            if not hasattr(_module(network), "forward_attention"):
+            if not hasattr(unwrap_network(network), "forward_attention"):
                 return {"logits": network(inputs, *args, **kwargs)}
-            logits, attentions = _module(network).forward_attention(inputs, *args, **kwargs)
+            logits, attentions = unwrap_network(network).forward_attention(inputs, *args, **kwargs)
             return {"logits": logits, "attention": attention_map(attentions, inputs.shape[2:])}
         inputs = plain_tensor(inputs)
         logits, attentions = self._averaged(inputs, network, *args, **kwargs)

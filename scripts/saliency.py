@@ -17,6 +17,7 @@ from monai.visualize import GradCAM
 from torch import nn
 
 from .attention import attention_map
+from .performance import unwrap_network
 
 __all__ = ["normalize_per_case", "grad_cam", "SaliencyInferer"]
 
@@ -81,7 +82,7 @@ class SaliencyInferer(Inferer):
         self.gradcam_layer = gradcam_layer
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        module = getattr(network, "module", network)  # DistributedDataParallel wraps the network
+        module = unwrap_network(network)
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             if hasattr(module, "forward_attention"):

@@ -38,8 +38,8 @@ from monai.transforms import MapTransform
 from monai.utils import min_version, optional_import
 from torch import nn
 
-from .engine import as_bool
 from .handlers import case_name
+from .performance import unwrap_network
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 
@@ -63,7 +63,7 @@ def tabular_branch_length(use_tabular: bool, tabular_length: int) -> int:
     L, the length of the network's tabular input: ``tabular_length`` when ``use_tabular``, else 0 (image only).
     Turning the branch on without a length is an error rather than a silent image-only model.
     """
-    if not as_bool(use_tabular):
+    if not use_tabular:
         return 0
     if int(tabular_length) < 1:
         raise ValueError(
@@ -243,7 +243,7 @@ class TabularStatisticsHandler:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Any = None) -> None:
-        encoder = getattr(getattr(self.network, "module", self.network), "tabular", None)
+        encoder = getattr(unwrap_network(self.network), "tabular", None)
         if encoder is None:
             return
         stats = tabular_statistics(self.items, encoder.in_features, self.key)

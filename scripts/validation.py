@@ -36,7 +36,6 @@ import torch
 from monai.transforms import LoadImage
 
 from .datalist import read_datalist
-from .engine import as_bool
 from .handlers import case_name
 
 __all__ = [
@@ -398,7 +397,7 @@ def require_valid_datalist(
     report's message and exit status 1 when the data has errors, before a network is built or trained.
     ``enabled=False`` (``--validate_data false``) skips it.
     """
-    if not as_bool(enabled):
+    if not enabled:
         logger.info("data check skipped (validate_data is false).")
         return None
     try:
@@ -428,7 +427,7 @@ def screen_items(
     that a bad case does not stop the others. Each failed case becomes ``{"case", "image", "error"}``; the error
     names the reason and the fix. With ``tabular_length`` set, each item's ``"tabular"`` vector is checked too.
     """
-    if not as_bool(enabled):
+    if not enabled:
         return Screening(good=[dict(i) for i in items])
     report = ValidationReport(source="inference input")
     checks = validate_items(

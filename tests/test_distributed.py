@@ -122,7 +122,7 @@ def _writing_handlers(_: int, rank: int, dataset_dir: str, tmp_path: str) -> Non
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_only_rank_zero_keeps_the_writing_handlers(rank, tiny_dataset, tmp_path):
-    """multi_gpu_train.json disables train.json's handlers by position: this fails if they move."""
+    """train.json's logging handlers are disabled on every process but rank 0 (``"_disabled_": "$@rank > 0"``)."""
     run_spawned(_writing_handlers, rank, str(tiny_dataset), str(tmp_path))
 
 
@@ -131,6 +131,24 @@ def _join(rank: int, world_size: int, store: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
     )
+
+
+@pytest.mark.parametrize("balanced", ["false", "true"])
+def test_multi_gpu_training_sampler_keeps_balanced_sampling(balanced, tiny_dataset):
+    """Under multi_gpu_train.json ``--balanced_sampling true`` draws balanced classes from each process's share."""
+    from monai.bundle import ConfigParser
+    from monai.data import DistributedSampler, DistributedWeightedRandomSampler
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", "multi_gpu_train.json")])
+    overrides = {"bundle_root": str(ROOT), "dataset_dir": str(tiny_dataset), "num_classes": 4,
+                 "balanced_sampling": balanced, "train#sampler#num_replicas": 2, "train#sampler#rank": 1}  # fmt: skip
+    for key, value in overrides.items():  # the process group's size and rank given: no group needed
+        parser[key] = value
+    sampler = parser.get_parsed_content("train#sampler")
+    assert type(sampler) is (DistributedWeightedRandomSampler if balanced == "true" else DistributedSampler)
+    assert len(sampler) == 8 and sampler.rank == 1  # 16 training cases over 2 processes
+    assert parser.get_parsed_content("train#dataloader#shuffle") is False
 
 
 # --- metrics over uneven validation shards -------------------------------------------------------------------

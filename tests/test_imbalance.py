@@ -1,15 +1,16 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""Class weights from the training split, the balanced sampler, and config switches given as strings."""
+"""Class weights from the training split and the training sampler (balanced or not, one process or distributed)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 
-from scripts.engine import as_bool, optional_items
-from scripts.imbalance import balanced_sampler, class_counts, inverse_frequency_weights, resolve_class_weights
+from scripts.engine import optional_items
+from scripts.imbalance import class_counts, inverse_frequency_weights, resolve_class_weights, training_sampler
 
 ITEMS = [{"image": f"c{i}.nii.gz", "label": 0} for i in range(6)] + [{"image": "c6.nii.gz", "label": 1},
                                                                      {"image": "c7.nii.gz", "label": 1}]  # fmt: skip
@@ -36,20 +37,42 @@ def test_resolve_class_weights_from_config_values():
 
 
 def test_balanced_sampler_draws_classes_equally():
-    assert balanced_sampler(ITEMS, 2, enabled="false") is None
-    sampler = balanced_sampler(ITEMS, 2, num_samples=4000)
+    assert training_sampler(ITEMS, 2, balanced=False) is None  # the data loader shuffles
+    sampler = training_sampler(ITEMS, 2, balanced=True, num_samples=4000)
     torch.manual_seed(0)
     labels = torch.tensor([ITEMS[i]["label"] for i in sampler])
     assert len(labels) == 4000 and float(labels.float().mean()) == pytest.approx(0.5, abs=0.03)
-    assert len(balanced_sampler(ITEMS, 2)) == len(ITEMS)  # an epoch keeps the split's size
+    assert len(training_sampler(ITEMS, 2, balanced=True)) == len(ITEMS)  # an epoch keeps the split's size
 
 
-@pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("True", True), ("0", False), (1, True)])
-def test_switches_accept_command_line_strings(value, expected):
-    assert as_bool(value) is expected
-    assert optional_items([1, 2], value) == ([1, 2] if expected else [])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_distributed_sampler_shares_the_cases_and_balances_classes(balanced):
+    """
+    Under multi_gpu_train.json: each of 2 processes (world size and rank given, no process group) gets a share of
+    the split, drawn with the class-balancing weights when asked.
+    """
+    items = [{"label": 0}] * 60 + [{"label": 1}] * 20
+    samplers = [
+        training_sampler(items, 2, balanced=balanced, distributed=True, seed=3, num_replicas=2, rank=rank)
+        for rank in (0, 1)
+    ]
+    kind = DistributedWeightedRandomSampler if balanced else DistributedSampler
+    assert all(type(s) is kind for s in samplers) and [len(s) for s in samplers] == [40, 40]
+    torch.manual_seed(0)
+    labels = []
+    for epoch in range(100):
+        drawn = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)  # as MONAI's trainer does
+            drawn.append(list(sampler))
+        assert all(len(d) == 40 for d in drawn)
+        if not balanced:  # a permutation of the split, split between the processes
+            assert sorted(drawn[0] + drawn[1]) == list(range(len(items)))
+        labels += [items[i]["label"] for d in drawn for i in d]
+    share = float(torch.tensor(labels, dtype=torch.float).mean())  # of class 1, a quarter of the cases
+    assert share == pytest.approx(0.5 if balanced else 0.25, abs=0.03)
 
 
-def test_unclear_switch_is_an_error():
-    with pytest.raises(ValueError, match="cal: .* not a true/false switch value"):
-        as_bool("maybe", "cal")
+@pytest.mark.parametrize("enabled", [True, False])
+def test_optional_items(enabled):
+    assert optional_items([1, 2], enabled) == ([1, 2] if enabled else [])

@@ -24,6 +24,7 @@ from scripts.performance import (
     autocast_kwargs,
     build_dataset,
     prepare_network,
+    unwrap_network,
 )
 from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle, run_spawned
 
@@ -136,6 +137,13 @@ def _wrap_in_a_process_group(rank: int, store: str) -> None:
 
 def test_distributed_wrap_and_sync_batchnorm_ignored_on_cpu(tmp_path):
     run_spawned(_wrap_in_a_process_group, str(tmp_path / "store"))
+
+
+def test_unwrap_network_removes_parallel_and_compile_wrappers():
+    net = _tiny_net()
+    assert unwrap_network(net) is net
+    assert unwrap_network(torch.nn.DataParallel(net)) is net  # DistributedDataParallel's .module likewise
+    assert unwrap_network(torch.compile(torch.nn.DataParallel(net))) is net  # compiling is lazy: nothing runs here
 
 
 @pytest.mark.slow

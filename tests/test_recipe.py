@@ -131,7 +131,7 @@ def test_augment_inferer_adds_crop_and_drop_logits_and_the_loss_uses_them():
     assert loss_fn.center_loss.centers.abs().sum() > 0  # the centres moved
     # disabled, it is a plain forward pass
     torch.manual_seed(1)
-    plain = AttentionAugmentInferer(enabled="false")(x, _net().train())
+    plain = AttentionAugmentInferer(enabled=False)(x, _net().train())
     assert set(plain) == {"logits", "effect"}
 
 

@@ -3,22 +3,28 @@
 
 """
 On/off settings typed on the command line: ``python -m monai.bundle run ... --cal false`` hands the configs the
-string ``"false"`` (only ``False`` becomes a bool), which Python would read as true. Each switch must read it as off.
+string ``"false"`` (only ``False`` becomes a bool), which Python would read as true. The configs convert every
+switch once, in their ``switches`` item (:func:`scripts.engine.read_switches`), and the code gets plain bools.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 import pytest
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, ThreadDataLoader
 
-from scripts.engine import as_bool
+from scripts.engine import read_switches
 from tests.conftest import ROOT
+
+CONFIGS = ROOT / "configs"
 
 
 def parsed(tiny_dataset, tmp_path, **overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_config(str(CONFIGS / "train.json"))
     settings = {"bundle_root": str(ROOT), "dataset_dir": str(tiny_dataset), "ckpt_dir": str(tmp_path / "models"),
                 "output_dir": str(tmp_path / "eval"), "num_classes": 4, **overrides}  # fmt: skip
     for key, value in settings.items():
@@ -26,20 +32,31 @@ def parsed(tiny_dataset, tmp_path, **overrides) -> ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("text, value", [("false", False), ("False", False), ("true", True), ("TRUE", True)])
-def test_as_bool_reads_command_line_text(text, value):
-    assert as_bool(text) is value and as_bool(value) is value
-
-
-def test_as_bool_refuses_other_text():
-    with pytest.raises(ValueError, match="true/false"):
-        as_bool("sometimes")
+@pytest.mark.parametrize(
+    "value, expected",
+    [("false", False), ("False", False), ("true", True), ("TRUE", True), ("0", False), ("yes", True),
+     (False, False), (True, True), (0, False), (1, True), (None, False)],
+)  # fmt: skip
+def test_read_switches_converts_command_line_values(value, expected):
+    assert read_switches(cal=value) == {"cal": expected}
+    with pytest.raises(ValueError, match=r"cal: 'sometimes' is not a true/false switch value; use --cal true"):
+        read_switches(tta=value, cal="sometimes")
 
 
 @pytest.mark.parametrize("text, expected", [("false", False), ("true", True)])
 def test_switches_typed_as_text(tiny_dataset, tmp_path, text, expected):
-    parser = parsed(tiny_dataset, tmp_path, cal=text, resume=text, thread_loader=text, compile=text, validate_data=text)
-    assert parser.get_parsed_content("network_def").cal is expected
+    names = ("cal", "balanced_sampling", "spatial_augmentation", "attention_augment", "tta", "tta_flip", "resume",
+             "thread_loader", "compile", "validate_data", "amp", "channels_last", "deterministic")  # fmt: skip
+    parser = parsed(tiny_dataset, tmp_path, center_loss_weight=0.0, **dict.fromkeys(names, text))
+    switches = parser.get_parsed_content("switches")
+    assert all(switches[name] is expected for name in names)
+    net = parser.get_parsed_content("network_def")
+    assert net.cal is expected and net.return_features is expected  # return_features follows attention_augment
+    assert parser.get_parsed_content("train#inferer").enabled is expected
+    tta = parser.get_parsed_content("validate#inferer")
+    assert tta.enabled is expected and tta.flip is expected
+    assert len(parser.get_parsed_content("train#spatial_augmentation")) == int(expected)
+    assert (parser.get_parsed_content("train#sampler") is not None) is expected
     loader = parser.get_parsed_content("train#dataloader")
     assert isinstance(loader, ThreadDataLoader) is expected and isinstance(loader, DataLoader)
     assert parser.get_parsed_content("train#trainer#compile") is expected
@@ -47,3 +64,41 @@ def test_switches_typed_as_text(tiny_dataset, tmp_path, text, expected):
     assert checkpoint.resume is expected
     report = parser.get_parsed_content("data_check")
     assert (report is not None) is expected  # off: the check is skipped
+
+
+def test_unclear_switch_names_the_setting(tiny_dataset, tmp_path):
+    parser = parsed(tiny_dataset, tmp_path, cal="sometimes")
+    with pytest.raises(Exception) as error:  # MONAI wraps the component's error in its own
+        parser.get_parsed_content("network_def")
+    assert "cal: 'sometimes' is not a true/false switch value" in f"{error.value} {error.value.__cause__}"
+
+
+def _strings(node, key=""):
+    """(id, text) of every string in a config, ids joined with '#'."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{key}#{k}" if key else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{key}#{i}")
+    elif isinstance(node, str):
+        yield key, node
+
+
+def test_switch_values_are_read_only_through_switches():
+    """A config item that refers to a switch value directly (``@cal``) would hand the code unconverted text."""
+    configs = {path.name: json.loads(path.read_text()) for path in sorted(CONFIGS.glob("*.json"))}
+    configs.pop("metadata.json")
+    names = set()
+    for config in configs.values():
+        names |= {k for k in config.get("switches", {}) if not k.startswith("_")}
+        names |= {k.split("#", 1)[1] for k in config if k.startswith("switches#")}
+    assert {"cal", "tta", "use_tabular", "sync_batchnorm", "plots"} <= names
+    pattern = re.compile(r"@(%s)\b(?!#)" % "|".join(sorted(names)))
+    direct = [
+        (name, key, text)
+        for name, config in configs.items()
+        for key, text in _strings(config)
+        if pattern.search(text) and not key.startswith("switches")
+    ]
+    assert direct == []

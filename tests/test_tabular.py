@@ -135,10 +135,6 @@ def test_tabular_vectord_makes_the_network_input():
 def test_branch_length_switch():
     assert tabular_branch_length(False, 8) == 0
     assert tabular_branch_length(True, 8) == 8
-    # the command line gives "--use_tabular false" as the string "false"
-    assert tabular_branch_length("false", 8) == 0 and tabular_branch_length("true", 8) == 8
-    with pytest.raises(ValueError, match="not a true/false switch"):
-        tabular_branch_length("maybe", 8)
     with pytest.raises(ValueError, match="set --tabular_length"):
         tabular_branch_length(True, 0)
 
