@@ -9,8 +9,10 @@ TorchScript ``ckpt_export`` of the released weights, and the zoo-format unit tes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,30 @@ def test_an_unreleased_or_relative_url_is_refused(url, tmp_path):
 def test_an_existing_bundle_folder_is_kept_unless_overwrite(pr):
     with pytest.raises(zoo_pr.ZooPRError, match="exists"):
         zoo_pr.build(pr, WEIGHTS_URL)
+
+
+# the zoo's settings (its setup.cfg, pyproject.toml and runtests.sh --codeformat), given on the command line so that
+# this repository's own settings do not apply
+ZOO_FLAKE8 = ["--select=B,C,E,F,N,P,T4,W,B9", "--max-line-length=120",
+              "--ignore=E203,E501,E741,W503,W504,C408,N812,B023,B905,B028,B907,C419",
+              "--per-file-ignores=__init__.py:F401"]  # fmt: skip
+ZOO_ISORT = ["--profile=black", "--line-length=120", "--project=models"]
+ZOO_BLACK = ["--line-length=120", "--skip-magic-trailing-comma"]
+
+
+@pytest.mark.parametrize("tool", ["black", "isort", "flake8"])
+def test_pr_passes_the_zoo_codeformat(pr, tool):
+    """The zoo's code-format job runs over every file of the zoo, this pull request's included."""
+    if importlib.util.find_spec(tool) is None:
+        pytest.skip(f"{tool} not installed (requirements-dev.txt)")
+    if tool == "flake8" and importlib.util.find_spec("bugbear") is None:
+        pytest.skip("flake8-bugbear not installed (requirements-dev.txt): the zoo's B checks would not run")
+    args = {"black": [*ZOO_BLACK, "--check"], "isort": [*ZOO_ISORT, "--check-only"], "flake8": ZOO_FLAKE8}[tool]
+    isolated = pr.parent / f"{pr.name}_{tool}"  # a copy away from the tmp tree's other files
+    shutil.copytree(pr, isolated, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", tool, *args, "models", "ci"], cwd=isolated, capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(not (SHARED / "schemas").is_dir(), reason="../shared/schemas (the offline metadata schema) absent")
