@@ -82,10 +82,7 @@ def _too_large(folder: Path) -> list[str]:
 
 
 def build(
-    output_dir: str | os.PathLike,
-    weights_url: str,
-    root: str | os.PathLike = ROOT,
-    overwrite: bool = False,
+    output_dir: str | os.PathLike, weights_url: str, root: str | os.PathLike = ROOT, overwrite: bool = False
 ) -> Path:
     """
     Write the pull-request folder into ``output_dir`` (see the module's description) and return the bundle's folder
