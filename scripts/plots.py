@@ -24,13 +24,7 @@ from PIL import Image
 
 from .metrics import roc_curves
 
-__all__ = [
-    "save_roc",
-    "save_confusion_matrix",
-    "save_classification_plots",
-    "SaliencyPanel",
-    "save_montage",
-]
+__all__ = ["save_roc", "save_confusion_matrix", "save_classification_plots", "SaliencyPanel", "save_montage"]
 
 VIEWS = ("axial", "coronal", "sagittal")
 

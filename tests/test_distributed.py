@@ -2,8 +2,9 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-Distributed training on CPUs with gloo: the process-group helpers, exact metric gathering over uneven validation
-shards, and a 2-process ``torchrun`` run of configs/multi_gpu_train.json.
+Distributed training and evaluation on CPUs with gloo: the process-group helpers, exact metric gathering over
+uneven validation shards, and 2-process ``torchrun`` runs of configs/multi_gpu_train.json and
+configs/multi_gpu_evaluate.json.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import torch
 import torch.distributed as dist
 
 from scripts import distributed
-from tests.conftest import ROOT, TINY_OVERRIDES, run_command, run_spawned
+from tests.conftest import EVALUATE, ROOT, TINY_OVERRIDES, run_bundle, run_command, run_spawned
 
 MULTI_GPU = "['configs/train.json','configs/synthetic_attention.json','configs/multi_gpu_train.json']"
+MULTI_GPU_EVALUATE = EVALUATE[:-1] + ",'configs/multi_gpu_evaluate.json']"
 CLASSES = ["solid", "hollow", "striped", "checkered"]
 NUM_VAL = 7  # odd: two ranks get 4 and 3 cases, i.e. 2 and 1 batches of 3
 
@@ -264,6 +266,70 @@ def test_torchrun_two_processes_on_cpu(uneven_dataset, tmp_path):
     # TensorBoard written by one process only (event file names carry the writer's process id)
     events = list((tmp_path / "eval" / "train").glob("events.out.tfevents.*"))
     assert events and len({re.search(r"\.(\d+)\.\d+$", e.name).group(1) for e in events}) == 1
+
+
+@pytest.fixture(scope="module")
+def uneven_test_split(tmp_path_factory) -> Path:
+    """4 training, 2 validation and 7 test cases at 16^3: test shards of 4 and 3 cases."""
+    from scripts.tools.synthetic_data import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_synthetic_dataset(root, size=16, num_cases=(4, 2, NUM_VAL), seed=1)
+    return root
+
+
+def _tiny_untrained_checkpoint(ckpt_dir: Path) -> None:
+    """``ckpt_dir/model.pt``: the tiny network of TINY_OVERRIDES with its initial (seeded) weights."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / f) for f in json.loads(EVALUATE.replace("'", '"'))])
+    parser["bundle_root"] = str(ROOT)
+    for key, value in zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2]):
+        parser[key[2:]] = json.loads(value)
+    torch.manual_seed(0)
+    ckpt_dir.mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt_dir / "model.pt")
+
+
+@pytest.mark.slow
+def test_torchrun_evaluation_equals_one_process(uneven_test_split, tmp_path):
+    """configs/multi_gpu_evaluate.json: two processes each evaluate their shard of the test split; the metrics and
+    the per-case report, gathered across ranks and written by rank 0, are those of a one-process evaluation."""
+    _tiny_untrained_checkpoint(tmp_path / "models")
+    common = ["--dataset_dir", str(uneven_test_split), "--ckpt_dir", str(tmp_path / "models"),
+              *_without(TINY_OVERRIDES, "--batch_size"), "--batch_size", "3"]  # fmt: skip
+    run_bundle("run", "evaluating", "--config_file", EVALUATE, "--output_dir", str(tmp_path / "single"), *common)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run", "--config_file", MULTI_GPU_EVALUATE, "--logging_file", "configs/logging.conf",
+        "--output_dir", str(tmp_path / "dist"), "--dist_timeout", "300", *common,
+    ]  # fmt: skip
+    proc = run_command(cmd, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert len(re.findall(r"Epoch\[1\] Metrics -- ", log)) == 1  # rank 0's StatsHandler only
+    metrics = {p: json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("single", "dist")}
+    assert metrics["dist"]["num_cases"] == NUM_VAL
+    assert _rounded(metrics["dist"]) == _rounded(metrics["single"])
+    rows = {p: list(csv.DictReader(open(tmp_path / p / "predictions.csv"))) for p in ("single", "dist")}
+    assert len(rows["dist"]) == NUM_VAL
+    key = lambda r: r["case"]  # noqa: E731
+    for dist_row, single_row in zip(sorted(rows["dist"], key=key), sorted(rows["single"], key=key)):
+        assert dist_row["case"] == single_row["case"] and dist_row["pred"] == single_row["pred"]
+        for name, value in single_row.items():
+            if name.startswith("prob_"):
+                assert float(dist_row[name]) == pytest.approx(float(value), abs=1e-5)
+
+
+def _rounded(value):
+    """``value`` (nested dicts and lists of numbers) with its floats rounded to 5 decimals, for comparison."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return round(value, 5) if isinstance(value, float) else value
 
 
 def _without(args: list[str], key: str) -> list[str]:

@@ -30,10 +30,7 @@ META = str(ROOT / "configs" / "metadata.json")
 INFERENCE = SYNTHETIC_INFERENCE  # the tiny models here are trained with train.json's network
 TS_TOL = {"rtol": 1e-5, "atol": 1e-5}
 ONNX_TOL = {"rtol": 1e-4, "atol": 1e-4}
-BACKBONES = {
-    "vit": [],
-    "resnet": ["--backbone", "resnet", "--backbone_args#resnet#widen_factor", "0.125"],
-}
+BACKBONES = {"vit": [], "resnet": ["--backbone", "resnet", "--backbone_args#resnet#widen_factor", "0.125"]}
 # what `python -m monai.bundle onnx_export` needs: the TorchScript-based exporter (the dynamo one needs onnxscript),
 # named tensors and a free batch size
 ONNX_CONVERTER_KWARGS = (

@@ -143,10 +143,7 @@ def step_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
 
 
 def data_wait_fraction(
-    loader: Iterable,
-    step: Callable[[torch.Tensor, torch.Tensor], Any],
-    steps: int,
-    device: torch.device,
+    loader: Iterable, step: Callable[[torch.Tensor, torch.Tensor], Any], steps: int, device: torch.device
 ) -> tuple[float, float]:
     """
     Run ``steps`` training steps on batches from ``loader`` (after one untimed step, which also starts the

@@ -98,10 +98,7 @@ def synthetic_affine(size: int) -> np.ndarray:
 
 
 def generate_synthetic_dataset(
-    root: str | os.PathLike,
-    size: int = 32,
-    num_cases: tuple[int, int, int] = (600, 100, 100),
-    seed: int = 0,
+    root: str | os.PathLike, size: int = 32, num_cases: tuple[int, int, int] = (600, 100, 100), seed: int = 0
 ) -> Path:
     """
     Write the synthetic data set into ``root``: ``images/``, ``masks/`` and ``datalist.json`` with training,
