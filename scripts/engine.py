@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .errors import stop
+
 __all__ = ["split_metrics", "read_switches", "optional_items", "use_deterministic_algorithms"]
 
 _TRUE = ("true", "yes", "on", "1")
@@ -48,7 +50,7 @@ def _switch(name: str, value: Any) -> bool:
             return text in _TRUE
     elif value is None or isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
-    raise ValueError(f"{name}: {value!r} is not a true/false switch value; use --{name} true or --{name} false.")
+    stop(f"--{name} {value!r}", "not a true/false switch value", f"use --{name} true or --{name} false")
 
 
 def optional_items(items: Sequence[Any], enabled: bool) -> list[Any]:
