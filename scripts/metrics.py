@@ -3,21 +3,35 @@
 
 """
 Classification metrics of a whole evaluation, overall and per class, from MONAI's metric functions, and the
-numbers behind the pictures (:mod:`scripts.plots` draws them): one-vs-rest ROC points and the confusion matrix.
+numbers behind the pictures (:mod:`scripts.plots` draws them): one-vs-rest ROC points and the confusion matrix;
+and the validation AUC over the classes present (:class:`PresentClassesROCAUC`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
+from monai.handlers import ROCAUC
+from monai.handlers.ignite_metric import IgniteMetricHandler
+from monai.metrics import ROCAUCMetric, compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 from monai.networks.utils import one_hot
+from monai.utils import Average
 
-__all__ = ["roc_curve", "roc_curves", "confusion_matrix", "classification_metrics"]
+__all__ = [
+    "roc_curve",
+    "roc_curves",
+    "confusion_matrix",
+    "classification_metrics",
+    "PresentClassesROCAUCMetric",
+    "PresentClassesROCAUC",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def _clean(value: float) -> float | None:
@@ -110,3 +124,47 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
         "class_names": list(class_names),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+class PresentClassesROCAUCMetric(ROCAUCMetric):
+    """
+    MONAI's ROC AUC, whose macro average is taken over the classes present in the data (at least one case) rather
+    than over all ``num_classes``: MONAI's is NaN as soon as one class has no case (its one-vs-rest AUC is
+    undefined), which would stop the best-model selection for good. The absent classes are logged as a warning
+    (once per set). Other averages are MONAI's.
+    """
+
+    def __init__(self, average: Average | str = Average.MACRO) -> None:
+        super().__init__(average=average)
+        self._warned: set[tuple[int, ...]] = set()
+
+    def aggregate(self, average: Average | str | None = None):  # type: ignore[override]
+        average = Average(average or self.average)
+        y_pred, y = self.get_buffer()
+        if average != Average.MACRO or not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] < 2:
+            return super().aggregate(average)
+        positives = y.sum(dim=0)
+        absent = tuple(int(i) for i in torch.nonzero(positives == 0).flatten())
+        present = (positives > 0) & (positives < y.shape[0])  # a case of the class and one of another
+        if absent and absent not in self._warned:
+            self._warned.add(absent)
+            kept = [int(i) for i in torch.nonzero(present).flatten()]
+            logger.warning(
+                f"ROC AUC: class(es) {list(absent)} have no case among the {y.shape[0]} evaluated; the macro AUC is "
+                f"the mean over the classes present {kept}. Fix: give every class cases in the validation split."
+            )
+        if not bool(present.any()):
+            return float("nan")  # a single class: no AUC is defined
+        return float(compute_roc_auc(y_pred[:, present], y[:, present], average=Average.MACRO))
+
+
+class PresentClassesROCAUC(ROCAUC):
+    """MONAI's ``ROCAUC`` handler computing :class:`PresentClassesROCAUCMetric`: the macro AUC over present classes."""
+
+    def __init__(self, average: Average | str = Average.MACRO, output_transform: Callable = lambda x: x) -> None:
+        IgniteMetricHandler.__init__(
+            self,
+            metric_fn=PresentClassesROCAUCMetric(average=Average(average)),
+            output_transform=output_transform,
+            save_details=False,
+        )

@@ -375,6 +375,22 @@ def validate_datalist(
                     f"class(es) {absent} appear in '{split}' but not in '{reference_split}': the model cannot learn "
                     f"them; move some of those cases into '{reference_split}'"
                 )
+    if num_classes is not None:  # a --num_classes above the labels present: say so, not a NaN AUC later
+        present = {
+            split: {i.get(label_key) for i in content[split] if isinstance(i, Mapping)}
+            for split in splits
+            if isinstance(content.get(split), list) and content[split]
+        }
+        for split, labels in present.items():
+            elsewhere = (
+                set().union(*(v for k, v in present.items() if k != split)) if split == reference_split else set()
+            )
+            absent = [c for c in range(int(num_classes)) if c not in labels and c not in elsewhere]
+            if absent:  # (a class of the other splits missing from the reference split is warned above)
+                report.warnings.append(
+                    f"class(es) {absent} of num_classes={num_classes} have no case in '{split}'; fix: set "
+                    f"--num_classes to the number of classes of the data, or add cases of those classes"
+                )
     return report
 
 
