@@ -44,10 +44,10 @@ def _key(path: str | os.PathLike) -> str:
 def unique_case_names(images: Iterable[str | os.PathLike]) -> dict[str, str]:
     """
     Map each image path (normalised with ``os.path.normpath``) to a case name unique among ``images``: its
-    :func:`case_name` when no other file has the same one; otherwise prefixed with as many parent folders as tell
-    the files apart (``a_scan``, ``b_scan``); for files of one folder, the file name with its suffix
-    (``scan_nii``, ``scan_nii_gz``); as a last resort a counter (``scan_2``). The same path listed twice is one case
-    and keeps one name.
+    :func:`case_name` when no other file has the same one; otherwise, among the files of that name, prefixed with as
+    many parent folders as tell their folders apart (``a_scan``, ``b_scan``), and, for files of one folder, with
+    their suffix (``scan_nii``, ``scan_nii_gz``); as a last resort a counter (``scan_2``). The same path listed twice
+    is one case and keeps one name.
     """
     paths = list(dict.fromkeys(_key(p) for p in images))
     names = {p: case_name(p) for p in paths}
@@ -57,14 +57,17 @@ def unique_case_names(images: Iterable[str | os.PathLike]) -> dict[str, str]:
     for base, group in groups.items():
         if len(group) < 2:
             continue
-        parents = [Path(p).parent.parts for p in group]
-        for depth in range(1, max(len(parts) for parts in parents) + 1):
-            candidates = ["_".join(parts[-depth:] + (base,)).lstrip("/_") or base for parts in parents]
-            if len(set(candidates)) == len(group):
+        folders = list(dict.fromkeys(Path(p).parent.parts for p in group))
+        prefix = {folder: () for folder in folders}
+        for depth in range(1, max(len(folder) for folder in folders) + 1) if len(folders) > 1 else ():
+            prefix = {folder: folder[-depth:] for folder in folders}
+            if len(set(prefix.values())) == len(folders):
                 break
-        else:  # one folder: keep the suffix
-            candidates = [Path(p).name.replace(".", "_") for p in group]
-        names.update(zip(group, candidates))
+        for p in group:
+            folder = Path(p).parent.parts
+            alone = sum(Path(q).parent.parts == folder for q in group) == 1
+            stem = base if alone else Path(p).name.replace(".", "_")  # one folder: keep the suffix
+            names[p] = "_".join(prefix[folder] + (stem,)).lstrip(os.sep + "_") or stem
     taken: Counter = Counter()
     used = set()
     for p in paths:  # a prefixed name can still meet another file's name: number the later ones
