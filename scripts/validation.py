@@ -288,7 +288,7 @@ def _duplicates_in(
         for key in keys:
             if key in seen:
                 what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
-                reason = f"{what} {seen[key]}: a case in both '{split}' and a split this run uses"
+                reason = f"{what} {seen[key]} (the '{split}' split must hold cases the model never saw)"
                 report.errors.append(Problem(f"{split}[{index}]", str(item.get(image_key)), reason, _FIX_DUPLICATE))
                 break
 
