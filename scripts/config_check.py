@@ -15,7 +15,6 @@ message naming the key, the value and the fix (:mod:`scripts.errors`):
 
 from __future__ import annotations
 
-import ast
 import difflib
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fire.parser import DefaultParseValue
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
@@ -58,11 +58,8 @@ _POSITIONAL = ("run_id", "init_id", "final_id", "meta_file", "config_file", "log
 
 
 def _value(text: str) -> Any:
-    """A command-line value as fire reads it: a Python literal where it is one, else the text."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    """A command-line value as fire (``monai.bundle``'s front end) reads it: a literal where it is one, else the text."""
+    return DefaultParseValue(text)
 
 
 def command_line_overrides(argv: Sequence[str]) -> dict[str, Any] | None:

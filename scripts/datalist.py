@@ -22,6 +22,7 @@ from typing import Any
 
 from monai.data.decathlon_datalist import _append_paths
 
+from .errors import stop
 from .tabular import attach_tabular
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "load_split",
     "inference_items",
     "class_names",
+    "check_labels",
+    "inference_class_names",
 ]
 
 DATALIST_NAME = "datalist.json"
@@ -99,25 +102,122 @@ def load_split(datalist: str | os.PathLike, split: str) -> list[dict]:
 
 def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
     """
-    Items to run inference on: the ``split`` of a datalist file, of the ``datalist.json`` inside a folder, or,
-    for a folder without a datalist, every NIfTI volume (``*.nii``, ``*.nii.gz``) in it, sorted by name.
+    Items to run inference on: the ``split`` of a datalist file, of the ``datalist.json`` inside a folder, one
+    NIfTI volume (``*.nii``, ``*.nii.gz``) given as a file, or, for a folder without a datalist, every NIfTI volume
+    in it, sorted by name. A missing or empty folder, a datalist that is not a JSON object or lacks ``split``
+    end the run with a message naming the input and the fix (:func:`scripts.errors.stop`).
     """
     path = Path(source)
     if path.is_dir() and (path / DATALIST_NAME).is_file():
         path = path / DATALIST_NAME
+    if path.is_file() and path.name.endswith(_NIFTI):
+        return [{"image": str(path)}]
     if path.is_file():
+        _check_inference_datalist(path, split)
         return load_split(path, split)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+        images = sorted(p for p in path.iterdir() if p.name.endswith(_NIFTI))
         if images:
             return [{"image": str(p)} for p in images]
-    raise FileNotFoundError(
-        f"no input found at '{source}': give a datalist JSON file, a folder with a '{DATALIST_NAME}', or a folder "
-        f"of NIfTI volumes (*.nii, *.nii.gz)."
-    )
+    if not path.exists():
+        problem = "does not exist"
+    elif path.is_dir() and not any(path.iterdir()):
+        problem = "is an empty folder"
+    else:
+        problem = f"holds no NIfTI volume (*.nii, *.nii.gz) and no '{DATALIST_NAME}'"
+    stop(f"--dataset_dir '{source}'", problem, _FIX_INPUT)
+
+
+_NIFTI = (".nii", ".nii.gz")
+_FIX_INPUT = (
+    f"point --dataset_dir to a folder of NIfTI volumes (*.nii, *.nii.gz), a folder with a '{DATALIST_NAME}', a "
+    f"datalist JSON file, or one NIfTI volume"
+)
+
+
+def _check_inference_datalist(path: Path, split: str) -> None:
+    """End the run with a clear message when ``path`` is not a datalist with a list of items under ``split``."""
+    what = f"datalist '{path}'"
+    try:
+        content = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        stop(what, "is not a text (JSON) file", _FIX_INPUT)
+    except ValueError as e:
+        stop(what, f"is not valid JSON ({e})", "correct the JSON syntax at that place (e.g. python -m json.tool)")
+    except OSError as e:
+        stop(what, f"cannot be read ({e.strerror or e})", "check the file's permissions")
+    if not isinstance(content, dict):
+        stop(
+            what,
+            f"is a JSON {type(content).__name__}, not an object",
+            f'write {{"{split}": [{{"image": "case.nii.gz"}}, ...]}}',
+        )
+    if split not in content:
+        present = [k for k, v in content.items() if isinstance(v, list)]
+        stop(
+            f"--datalist_split '{split}'",
+            f"is not a split of '{path}' (its splits: {', '.join(map(repr, present)) or 'none'})",
+            f"choose one of them, e.g. --datalist_split {present[0]}" if present else f"list the cases under '{split}'",
+        )
+    items = content[split]
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        stop(
+            what,
+            f"split '{split}' is not a list of items (objects)",
+            f'write "{split}": [{{"image": "case.nii.gz"}}, ...]',
+        )
 
 
 def class_names(datalist: Mapping[str, Any], num_classes: int) -> list[str]:
-    """Class names from a parsed datalist's ``labels`` mapping (:func:`read_datalist`), ``class_i`` where none."""
+    """
+    Class names from a parsed datalist's ``labels`` mapping (:func:`read_datalist`), ``class_i`` where none; a
+    ``labels`` that names other classes than ``0 .. num_classes-1`` ends the run naming both (:func:`check_labels`).
+    """
     labels = datalist.get("labels") or {}
+    check_labels(labels, num_classes, datalist.get("path", "the datalist"))
     return [str(labels.get(str(i), f"class_{i}")) for i in range(num_classes)]
+
+
+def check_labels(labels: object, num_classes: int, datalist: str | os.PathLike) -> None:
+    """Stop when a datalist's ``labels`` (``{"0": name, ...}``) names classes other than ``0 .. num_classes-1``."""
+    if not labels:
+        return
+    expected = {str(i) for i in range(int(num_classes))}
+    if not isinstance(labels, dict) or not set(map(str, labels)) <= expected or len(labels) != len(expected):
+        count = len(labels) if isinstance(labels, (dict, list)) else "?"
+        stop(
+            f"--num_classes {num_classes}",
+            f"disagrees with the {count} class names of 'labels' in '{datalist}' ({labels})",
+            f"set --num_classes to the number of classes of the data (e.g. --num_classes {count}), or write 'labels' "
+            f'as {{"0": "name", ..., "{int(num_classes) - 1}": "name"}}',
+        )
+
+
+def inference_class_names(
+    source: str | os.PathLike, class_names: list[str] | tuple[str, ...], num_classes: int
+) -> list[str]:
+    """
+    The class names inference writes: the ``labels`` of the datalist it reads (``source``: a datalist file or a
+    folder with one) when it has them, else ``class_names``. Either must name exactly ``num_classes`` classes:
+    otherwise the run ends naming both (the CSV would have the wrong width).
+    """
+    path = Path(source)
+    path = path / DATALIST_NAME if path.is_dir() else path
+    labels = {}
+    if path.is_file() and not path.name.endswith(_NIFTI):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            content = {}  # inference_items reports it
+        labels = content.get("labels") if isinstance(content, dict) else None
+    if labels:
+        check_labels(labels, num_classes, path)
+        return [str(labels[k]) for k in sorted(map(str, labels), key=int)]
+    names = [str(name) for name in class_names]
+    if len(names) != int(num_classes):
+        stop(
+            f"--num_classes {num_classes}",
+            f"disagrees with --class_names {names} ({len(names)} names)",
+            f"give one name per class: --num_classes {len(names)}, or {num_classes} names in --class_names",
+        )
+    return names

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from monai.utils import evenly_divisible_all_gather, min_version, optional_impor
 
 from .distributed import get_rank
 from .metrics import classification_metrics
+from .outputs import atomic_write_text, case_name
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -27,17 +29,6 @@ else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
 __all__ = ["case_name", "ClassificationReport"]
-
-_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".npy", ".npz", ".dcm", ".png")
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """Case identifier from an image path: the file name without its image suffix."""
-    name = Path(str(path)).name
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 class ClassificationReport:
@@ -64,6 +55,11 @@ class ClassificationReport:
             :func:`scripts.validation.screen_items`); when given, the CSV gets an ``error`` column, empty for the
             cases that ran, and one row per failed case after them.
         plots: write the ROC curves and the confusion matrix as PNG next to the metrics.
+        case_names: unique case name per image path (:func:`scripts.outputs.unique_case_names`, as the attention
+            maps are named); the ``case`` column of images not in it is their :func:`case_name`.
+
+    Every file is written atomically: a run that fails keeps the previous one whole. When only some cases have a
+    label (the others -1 or none), the metrics cover the labelled ones and a warning names the others.
     """
 
     def __init__(
@@ -77,6 +73,7 @@ class ClassificationReport:
         image_key: str = "image",
         failed: Sequence[dict[str, str]] | None = None,
         plots: bool = True,
+        case_names: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -87,6 +84,7 @@ class ClassificationReport:
         self.image_key = image_key
         self.failed = None if failed is None else [dict(row) for row in failed]
         self.plots = plots
+        self.case_names = {os.path.normpath(str(k)): v for k, v in (case_names or {}).items()}
         self.logger = logging.getLogger(self.__class__.__name__)
         self.metrics: dict[str, Any] | None = None
         self._reset()
@@ -122,33 +120,48 @@ class ClassificationReport:
         labels = evenly_divisible_all_gather(labels, concat=True)
         return images, probs, labels
 
+    def _case(self, image: str) -> str:
+        return self.case_names.get(os.path.normpath(image), case_name(image)) if image else ""
+
     def _write(self, engine: Engine) -> None:
         images, probs, labels = self._gather()
         if get_rank() != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        has_labels = labels.numel() > 0 and bool((labels >= 0).all())
+        labelled = labels >= 0
+        has_labels = bool(labelled.any())
         names = self.class_names
         header = ["case", "image"] + (["label", "label_name"] if has_labels else []) + ["pred", "pred_name"]
         header += [f"prob_{name}" for name in names]
         header += ["error"] if self.failed is not None else []
-        with open(self.output_dir / self.predictions_file, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for image, prob, label in zip(images, probs, labels):
-                pred = int(prob.argmax())
-                row: list[Any] = [case_name(image), image]
-                row += [int(label), names[int(label)]] if has_labels else []
-                row += [pred, names[pred]] + [f"{p:.6f}" for p in prob.tolist()]
-                writer.writerow(row + ([""] if self.failed is not None else []))
-            for failed in self.failed or []:
-                blanks = [""] * (len(header) - 3)
-                writer.writerow([failed.get("case", ""), failed.get("image", "")] + blanks + [failed.get("error", "")])
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(header)
+        for image, prob, label in zip(images, probs, labels):
+            pred = int(prob.argmax())
+            row: list[Any] = [self._case(image), image]
+            if has_labels:
+                row += [int(label), names[int(label)]] if label >= 0 else ["", ""]
+            row += [pred, names[pred]] + [f"{p:.6f}" for p in prob.tolist()]
+            writer.writerow(row + ([""] if self.failed is not None else []))
+        for failed in self.failed or []:
+            blanks = [""] * (len(header) - 3)
+            case = self._case(failed.get("image", "")) or failed.get("case", "")
+            writer.writerow([case, failed.get("image", "")] + blanks + [failed.get("error", "")])
+        atomic_write_text(self.output_dir / self.predictions_file, text.getvalue())
         self.logger.info(f"wrote {len(images)} predictions to {self.output_dir / self.predictions_file}")
+        if has_labels and not bool(labelled.all()):
+            unlabelled = [self._case(image) for image, known in zip(images, labelled.tolist()) if not known]
+            self.logger.warning(
+                f"metrics cover {int(labelled.sum())} of {len(images)} cases: {len(unlabelled)} case(s) have no label "
+                f"({', '.join(unlabelled[:10])}{', ...' if len(unlabelled) > 10 else ''}). Fix: give every case of "
+                f"the datalist a 'label' to include it."
+            )
+            probs, labels = probs[labelled], labels[labelled]
         if has_labels and (self.metrics_file or self.plots):
             self.metrics = classification_metrics(probs, labels, names)  # the numbers the plots draw, too
         if has_labels and self.metrics_file:
-            (self.output_dir / self.metrics_file).write_text(json.dumps(self.metrics, indent=2))
+            atomic_write_text(self.output_dir / self.metrics_file, json.dumps(self.metrics, indent=2))
             summary = ", ".join(
                 f"{k}={self.metrics[k]:.4f}"
                 for k in ("accuracy", "f1_macro", "auc_macro")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "DATASET_CACHES",
     "AMP_DTYPES",
     "build_dataset",
+    "file_state_hashing",
     "PlainTensorBatch",
     "prepare_network",
     "unwrap_network",
@@ -53,8 +54,9 @@ def build_dataset(
     - ``"memory"``: :class:`monai.data.CacheDataset`, ``cache_rate`` of the items are prepared once, up front, and
       held in memory (each training process holds its own copy);
     - ``"disk"``: :class:`monai.data.PersistentDataset`, prepared items are written to ``cache_dir`` on first use and
-      read from there afterwards; file names hash the item and the cached transforms, so changing the
-      preprocessing (e.g. ``spatial_size``) does not reuse stale files.
+      read from there afterwards; file names hash the item, the size and modification time of every file it names
+      (:func:`file_state_hashing`: an image replaced in place is prepared again) and the cached transforms, so
+      changing the preprocessing (e.g. ``spatial_size``) does not reuse stale files either.
 
     ``num_workers`` is the number of threads that fill the memory cache (0: one).
     """
@@ -67,8 +69,39 @@ def build_dataset(
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("dataset_cache 'disk' needs a folder: set dataset_cache_dir.")
-        return PersistentDataset(data=data, transform=transform, cache_dir=cache_dir, hash_transform=pickle_hashing)
+        return PersistentDataset(
+            data=data,
+            transform=transform,
+            cache_dir=cache_dir,
+            hash_func=file_state_hashing,
+            hash_transform=pickle_hashing,
+        )
     raise ValueError(f"unknown dataset_cache '{cache}', choose one of {DATASET_CACHES}.")
+
+
+def _file_paths(value: Any) -> list[str]:
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    if isinstance(value, (list, tuple)):
+        return [os.fspath(v) for v in value if isinstance(v, (str, os.PathLike))]
+    return []
+
+
+def file_state_hashing(item: Any) -> bytes:
+    """
+    The disk cache's key of a data item: MONAI's ``pickle_hashing`` of the item together with the size and the
+    modification time (ns) of each existing file it names (``image``, ``mask``...). A file rewritten in place gets
+    a new key, so its stale cached copy is not read (it stays in the cache folder until removed).
+    """
+    if not isinstance(item, Mapping):
+        return pickle_hashing(item)
+    stamps = {}
+    for key in sorted(map(str, item)):
+        for path in _file_paths(item[key]):
+            if os.path.isfile(path):
+                state = os.stat(path)
+                stamps[f"{key}:{path}"] = (state.st_size, state.st_mtime_ns)
+    return pickle_hashing({"item": item, "files": stamps}) if stamps else pickle_hashing(item)
 
 
 class PlainTensorBatch(PrepareBatchExtraInput):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 from monai.transforms import LoadImage
 
 from .datalist import read_datalist
-from .handlers import case_name
+from .outputs import atomic_write_text, case_name, unique_case_names
 
 __all__ = [
     "Problem",
@@ -60,6 +61,7 @@ ERRORS_FILE = "errors.csv"
 _FIX_PATH = "correct the path (relative to the datalist's folder) or remove the case"
 _FIX_UNREADABLE = "re-export or re-copy the file (check that it opens in a viewer), or remove the case"
 _FIX_DUPLICATE = "list each case once, in one split only"
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass
@@ -187,8 +189,18 @@ def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, 
         nans = int(torch.isnan(array).sum())
         result.problems.append(
             (
-                f"{nans} NaN and {int((~finite).sum()) - nans} infinite voxels",
-                "replace them (e.g. with the background value) when exporting the volume",
+                f"{nans} NaN and {int((~finite).sum()) - nans} infinite voxels (an intensity beyond float32's range, "
+                f"+-{_FLOAT32_MAX:.3g}, reads as infinite)",
+                "replace them (e.g. with the background value) when exporting the volume, or rescale the intensities",
+            )
+        )
+    elif array.numel() and array.is_floating_point() and _overflows(array):
+        low, high = float(array.min()), float(array.max())
+        result.problems.append(
+            (
+                f"intensities span [{low:.3g}, {high:.3g}]: a range beyond float32's (+-{_FLOAT32_MAX:.3g}), so "
+                f"scaling them to [0, 1] overflows and the loss turns NaN",
+                "rescale the intensities (e.g. to their physical units) when exporting the volume",
             )
         )
     elif array.numel() and bool((array == array.reshape(-1)[0]).all()):
@@ -197,6 +209,12 @@ def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, 
     digest.update(array.contiguous().numpy().tobytes())
     result.digest = digest.hexdigest()
     return result
+
+
+def _overflows(array: torch.Tensor) -> bool:
+    """Whether float32 arithmetic on ``array``'s intensities overflows: their range (max - min) is not finite."""
+    low, high = array.min().float(), array.max().float()
+    return not bool(torch.isfinite(high - low))
 
 
 def _label_problem(label: Any, num_classes: int | None) -> tuple[str, str] | None:
@@ -229,6 +247,60 @@ def _tabular_problem(item: Mapping, tabular_length: int) -> tuple[str, str] | No
     return None
 
 
+def _resolve(item: Any, image_key: str, base_dir: str | os.PathLike | None) -> Any:
+    """The item's image entry, its paths resolved against ``base_dir`` (None for an item without one)."""
+    image = item.get(image_key) if isinstance(item, Mapping) else None
+    paths = _paths(image)
+    if paths is None or base_dir is None:
+        return image
+    paths = [os.path.normpath(os.path.join(os.fspath(base_dir), p)) for p in paths]
+    return paths[0] if isinstance(image, (str, os.PathLike)) else paths
+
+
+def _check_images(images: Sequence[Any], in_channels: int, num_workers: int | None) -> list[ImageCheck | None]:
+    """:func:`check_image` of each image (None for None), in up to ``num_workers`` threads (default: up to 4)."""
+    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    local = threading.local()  # one loader per thread
+
+    def check(image: Any) -> ImageCheck | None:
+        if image is None:
+            return None
+        if not hasattr(local, "loader"):
+            local.loader = LoadImage(image_only=True, ensure_channel_first=True)
+        return check_image(image, in_channels=in_channels, loader=local.loader)
+
+    if workers > 1 and len(images) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(check, images))
+    return [check(image) for image in images]
+
+
+def _duplicates_in(
+    items: Sequence[Any],
+    split: str,
+    report: ValidationReport,
+    seen: Mapping[str, str],
+    base_dir: str | os.PathLike,
+    image_key: str,
+    num_workers: int | None,
+) -> None:
+    """
+    Report each item of a split that is not otherwise checked (e.g. ``test`` at training) whose file or voxels
+    are those of a checked case in ``seen``; its other problems (missing, unreadable file) are not this run's.
+    """
+    images = [_resolve(item, image_key, base_dir) for item in items]
+    for index, (item, image, result) in enumerate(zip(items, images, _check_images(images, 1, num_workers))):
+        if result is None:
+            continue
+        keys = [str(image)] + ([f"voxels:{result.digest}"] if result.digest else [])
+        for key in keys:
+            if key in seen:
+                what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
+                reason = f"{what} {seen[key]} (the '{split}' split must hold cases the model never saw)"
+                report.errors.append(Problem(f"{split}[{index}]", str(item.get(image_key)), reason, _FIX_DUPLICATE))
+                break
+
+
 def validate_items(
     items: Sequence[Mapping],
     split: str,
@@ -250,31 +322,8 @@ def validate_items(
     Returns one :class:`ImageCheck` per item (None for an item without an image entry).
     """
     report.num_cases += len(items)
-
-    def image_of(item: Mapping) -> Any:
-        image = item.get(image_key) if isinstance(item, Mapping) else None
-        paths = _paths(image)
-        if paths is None or base_dir is None:
-            return image
-        paths = [os.path.normpath(os.path.join(os.fspath(base_dir), p)) for p in paths]
-        return paths[0] if isinstance(image, (str, os.PathLike)) else paths
-
-    images = [image_of(item) for item in items]
-    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    local = threading.local()  # one loader per thread
-
-    def check(image: Any) -> ImageCheck | None:
-        if image is None:
-            return None
-        if not hasattr(local, "loader"):
-            local.loader = LoadImage(image_only=True, ensure_channel_first=True)
-        return check_image(image, in_channels=in_channels, loader=local.loader)
-
-    if workers > 1 and len(images) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            checks = list(pool.map(check, images))
-    else:
-        checks = [check(image) for image in images]
+    images = [_resolve(item, image_key, base_dir) for item in items]
+    checks = _check_images(images, in_channels, num_workers)
 
     for index, (item, image, result) in enumerate(zip(items, images, checks)):
         where = f"{split}[{index}]"
@@ -319,6 +368,7 @@ def validate_datalist(
     image_key: str = "image",
     label_key: str = "label",
     num_workers: int | None = None,
+    compare_splits: Sequence[str] = ("test",),
 ) -> ValidationReport:
     """
     Check the ``splits`` of a decathlon-style datalist (see the module docstring for the checks).
@@ -333,6 +383,9 @@ def validate_datalist(
             ``"tabular_csv"``): a list of this many numbers, None or NaN marking a missing value.
         reference_split: the split whose classes the others should contain (a class missing there is a warning);
             read from the datalist even when not in ``splits``; None skips the warning.
+        compare_splits: splits not in ``splits`` whose cases must not be any checked case (same file or identical
+            voxels): at training, a test case also in training or validation is an error. Only that is checked in
+            them; a split missing from the datalist is skipped.
         num_workers: threads reading images (default: up to 4).
     """
     if not isinstance(datalist, Mapping):
@@ -360,6 +413,10 @@ def validate_datalist(
             tabular_length=tabular_length, base_dir=base_dir, image_key=image_key, label_key=label_key, seen=seen,
             num_workers=num_workers,
         )  # fmt: skip
+    for split in compare_splits:
+        items = content.get(split)
+        if split not in splits and isinstance(items, list):
+            _duplicates_in(items, split, report, seen, base_dir, image_key, num_workers)
     if reference_split is not None and isinstance(content.get(reference_split), list):
         known = {i.get(label_key) for i in content[reference_split] if isinstance(i, Mapping)}
         for split in splits:
@@ -437,11 +494,16 @@ def screen_items(
     tabular_length: int | None = None,
     image_key: str = "image",
     num_workers: int | None = None,
+    num_classes: int | None = None,
+    label_key: str = "label",
 ) -> Screening:
     """
-    Check inference items (images only: no labels, and the same image twice is allowed) and keep the good ones, so
-    that a bad case does not stop the others. Each failed case becomes ``{"case", "image", "error"}``; the error
-    names the reason and the fix. With ``tabular_length`` set, each item's ``"tabular"`` vector is checked too.
+    Check inference items (the same image twice is allowed) and keep the good ones, so that a bad case does not
+    stop the others. Each failed case becomes ``{"case", "image", "error"}`` (``case``: its name from
+    :func:`scripts.outputs.unique_case_names`); the error names the reason and the fix. With ``tabular_length``
+    set, each item's ``"tabular"`` vector is checked too. Labels (from a datalist) are checked when present: one
+    not an integer in ``[0, num_classes)`` fails its case; when some items have a label and others none, the
+    others get label -1 (their predictions are written, the metrics leave them out with a warning).
     """
     if not enabled:
         return Screening(good=[dict(i) for i in items])
@@ -454,14 +516,22 @@ def screen_items(
     for problem in report.errors:
         index = int(problem.where.split("[")[1].rstrip("]"))
         bad.setdefault(index, []).append(f"{problem.reason}. Fix: {problem.fix}.")
+    mappings = [item if isinstance(item, Mapping) else {} for item in items]
+    labelled = any(label_key in item for item in mappings)
+    for index, item in enumerate(mappings):
+        problem = _label_problem(item[label_key], num_classes) if label_key in item else None
+        if problem:
+            bad.setdefault(index, []).append(f"{problem[0]}. Fix: {problem[1]}.")
+    names = unique_case_names(str(item.get(image_key, "")) for item in mappings)
     good, failed = [], []
-    for index, (item, _) in enumerate(zip(items, checks)):
+    for index, (item, _) in enumerate(zip(mappings, checks)):
         if index in bad:
             image = str(item.get(image_key, ""))
-            failed.append({"case": case_name(image), "image": image, "error": " ".join(bad[index])})
+            failed.append({"case": names.get(os.path.normpath(image), case_name(image)), "image": image,
+                           "error": " ".join(bad[index])})  # fmt: skip
             logger.error(f"skipping {image}: {' '.join(bad[index])}")
         else:
-            good.append(dict(item))
+            good.append({**({label_key: -1} if labelled else {}), **item})
     for warning in report.warnings:
         logger.warning(warning)
     return Screening(good=good, failed=failed)
@@ -473,11 +543,11 @@ def exit_if_failed(screening: Screening, output_dir: str | os.PathLike, errors_f
     succeeded) and, when some case failed, end the program with exit status 1 and a message naming them.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / errors_file, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "image", "error"])
-        writer.writeheader()
-        writer.writerows(screening.failed)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["case", "image", "error"])
+    writer.writeheader()
+    writer.writerows(screening.failed)
+    atomic_write_text(output_dir / errors_file, text.getvalue())  # a failed re-run keeps the last whole file
     if screening.failed:
         total = len(screening.good) + len(screening.failed)
         others = f"the other {len(screening.good)} have their predictions" if screening.good else "no case could run"

@@ -122,5 +122,5 @@ def test_inference_items_from_datalist_folder_and_file(tiny_dataset, tmp_path):
     for name in ("b.nii.gz", "a.nii", "notes.txt"):
         (folder / name).write_bytes(b"")
     assert [item["image"] for item in inference_items(folder)] == [str(folder / "a.nii"), str(folder / "b.nii.gz")]
-    with pytest.raises(FileNotFoundError, match="no input found"):
+    with pytest.raises(SystemExit, match="nothing': does not exist. Fix: point --dataset_dir to"):
         inference_items(tmp_path / "nothing")

@@ -156,6 +156,28 @@ def test_same_voxels_under_another_name(data):
     _only_error(_check(data), "validation[2]", "identical voxels to training[0] 'images/case0.nii.gz'", "once")
 
 
+def test_test_case_in_training_is_reported_at_training(data):
+    shutil.copy(data / "images" / "case3.nii.gz", data / "images" / "copy.nii.gz")
+    _edit(data, "test", 0, image="images/copy.nii.gz")  # voxels of training[3] under another name
+    _edit(data, "test", 1, image="images/case7.nii.gz")  # the same file as validation[1]
+    report = _check(data)  # training and validation only, as train.json checks
+    assert [p.where for p in report.errors] == ["test[0]", "test[1]"], report.message()
+    assert "identical voxels to training[3] 'images/case3.nii.gz'" in report.errors[0].reason
+    assert "the same file as validation[1] 'images/case7.nii.gz'" in report.errors[1].reason
+    assert all(p.fix == "list each case once, in one split only" for p in report.errors)
+    assert _check(data, compare_splits=()).ok
+
+
+def test_intensities_beyond_float32_range(data):
+    array = _volume(5).astype(np.float64)
+    array[0, 0, 0], array[1, 1, 1] = 3e38, -3e38  # each fits float32, their range (max - min) does not
+    _nifti(data / "images" / "case5.nii.gz", array)
+    _only_error(_check(data), "training[5]", "intensities span [-3e+38, 3e+38]", "rescale the intensities")
+    array[0, 0, 0] = 1e39  # beyond float32: read as infinite
+    _nifti(data / "images" / "case5.nii.gz", array)
+    _only_error(_check(data), "training[5]", "1 infinite voxels (an intensity beyond float32's range", "rescale")
+
+
 @pytest.mark.parametrize("content, reason", [([], "is empty"), (None, "is missing")], ids=["empty", "absent"])
 def test_empty_or_missing_split(data, content, reason):
     datalist = json.loads((data / "datalist.json").read_text())
@@ -281,6 +303,13 @@ def test_screen_items_keeps_the_good_cases(data):
     ]
     assert all("Fix: " in row["error"] for row in screening.failed)
     assert len(screen_items(items, enabled=False).good) == len(items)
+    labelled = [{"image": str(data / "images" / f"case{i}.nii.gz"), "label": label} for i, label in [(0, 1), (2, 9)]]
+    labelled.append({"image": str(data / "images" / "case4.nii.gz")})
+    screening = screen_items(labelled, num_classes=NUM_CLASSES)  # a bad label fails its case only
+    assert [row["error"] for row in screening.failed] == [
+        "label 9 is outside [0, 3). Fix: use a class index 0..2, or set --num_classes to the number of classes."
+    ]
+    assert [i["label"] for i in screening.good] == [1, -1]  # an unlabelled case runs, left out of the metrics
     tabular = [{"image": str(data / "images" / "case0.nii.gz"), "tabular": [1.0]}]
     assert "'tabular' has 1 values, expected 2" in screen_items(tabular, tabular_length=2).failed[0]["error"]
 
