@@ -166,13 +166,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None, fix_missi
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            stop(str(path), f"is not a PyTorch checkpoint ({_short_reason(error)})", "copy or download it again")
         found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f" ({found.group(1)})" if found else ""
+        if found is None:  # e.g. "Unsupported operand": bytes that are no pickle at all
+            operand = re.search(r"Unsupported operand \S+", str(error))
+            stop(
+                str(path),
+                f"is not a readable PyTorch checkpoint: other bytes ({operand.group(0) if operand else 'unpickling'})",
+                "copy or download it again (compare its size and md5 with the original), or retrain",
+            )
         stop(
             str(path),
-            f"carries pickled code{what}, which is refused: checkpoints are read as weights only, never run",
+            f"carries pickled code ({found.group(1)}), which is refused: checkpoints are read as weights only, "
+            "never run",
             _TRUSTED_FIX,
         )
     except RuntimeError as error:
@@ -376,7 +381,7 @@ NON_FINITE_FIX = (
     "lower --learning_rate (e.g. by 10x); check that the images' intensities fit float32 (|value| < 3e38; the data "
     "check rejects NaN/Inf voxels only); without --amp if it was on (float16 overflows above 65504: "
     "--amp_dtype bfloat16 or --amp false); then start a new run, or resume from the last finite checkpoint "
-    "(--resume true)"
+    "with the lower learning rate (--resume true)"
 )
 
 
@@ -664,10 +669,12 @@ class TrainingCheckpoint:
 
     def check_loss(self, engine: Engine) -> None:
         """Stop the training when the iteration's loss is NaN or infinite (before anything is saved)."""
-        output = engine.state.output
-        loss = output.get("loss") if isinstance(output, Mapping) else output
-        if loss is None:
+        output = engine.state.output  # a dict, or a list of per-case dicts after MONAI's decollation
+        items = output if isinstance(output, (list, tuple)) else [output]
+        losses = [item["loss"] for item in items if isinstance(item, Mapping) and item.get("loss") is not None]
+        if not losses:
             return
+        loss = losses[0]
         value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
         if math.isfinite(value):
             return
@@ -675,9 +682,9 @@ class TrainingCheckpoint:
         in_epoch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
         stop(
             f"training loss at epoch {state.epoch}, iteration {state.iteration} ({in_epoch} of the epoch)",
-            f"{value} (not finite): the network's weights are now invalid, so training stops; {self.path} and "
-            "models/model.pt keep the last state saved before. Likely causes: intensities beyond float32's range, a "
-            "learning rate too high, or float16 overflow with --amp",
+            f"{value} (not finite): the network's weights are now invalid, so training stops; the files in "
+            f"{self.path.parent} (checkpoint.pt, model.pt) keep the last state saved before. Likely causes: "
+            "intensities beyond float32's range, a learning rate too high, or float16 overflow with --amp",
             NON_FINITE_FIX,
         )
 
