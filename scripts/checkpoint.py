@@ -287,7 +287,7 @@ def describe_mismatch(weights: Mapping[str, torch.Tensor], network: nn.Module) -
     if shapes:
         k = shapes[0]
         details.append(
-            f"{len(shapes)} of another shape (e.g. {k}: {tuple(weights[k].shape)} in the file, "
+            f"{len(shapes)} tensor(s) of another shape (e.g. {k}: {tuple(weights[k].shape)} in the file, "
             f"{tuple(expected[k].shape)} in this network)"
         )
     which = f"they were trained with {', '.join(settings)}" if settings else "they were trained with other settings"
