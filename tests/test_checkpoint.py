@@ -8,8 +8,10 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -160,8 +162,9 @@ def test_checkpoints_are_loaded_weights_only(tmp_path):
     marker = tmp_path / "code-was-executed"
     torch.save({"trainer": {"iteration": 1}, "model": _Payload(marker)}, tmp_path / "checkpoint.pt")
     trainer, *_ = _training(tmp_path, resume=True)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(SystemExit, match="carries pickled code") as info:
         trainer.run([0, 1], max_epochs=2)
+    assert "weights_only=False" not in str(info.value) and "Fix: " in str(info.value)
     assert not marker.exists()
     # what evaluate.json and inference.json use to load models/model.pt
     loader = CheckpointLoader(str(tmp_path / "checkpoint.pt"), {"model": nn.Linear(2, 1)})
@@ -204,7 +207,156 @@ def test_weights_of_another_network_get_an_explained_error(tmp_path):
 
     torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "model.pt")
     loader = ModelCheckpointLoader(str(tmp_path / "model.pt"), {"model": nn.Linear(3, 4)})
-    with pytest.raises(RuntimeError, match=r"--num_classes(.|\n)*size mismatch"):
+    with pytest.raises(SystemExit, match=r"another shape \(e.g. weight: \(2, 3\) in the file(.|\n)*--num_classes"):
         loader(Engine(lambda e, b: None))
     good = ModelCheckpointLoader(str(tmp_path / "model.pt"), {"model": nn.Linear(3, 2)})
     good(Engine(lambda e, b: None))  # a fitting network loads as with MONAI's loader
+
+
+def _bad_file(tmp_path, kind: str) -> pathlib.Path:
+    path = tmp_path / f"{kind}.pt"
+    good = tmp_path / "good.pt"
+    torch.save(nn.Linear(2, 1).state_dict(), good)
+    if kind == "garbage":
+        path.write_bytes(b"<html>404 Not Found</html>\n" * 4)
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:300])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "code":
+        torch.save({"weight": _Payload(tmp_path / "code-was-executed")}, path)
+    elif kind == "tensor":
+        torch.save(torch.ones(2), path)
+    elif kind == "list":
+        torch.save([torch.ones(2)], path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "torchscript":
+        torch.jit.save(torch.jit.script(nn.Linear(2, 1)), str(path))
+    return path  # "missing": not created
+
+
+BAD_FILES = {
+    "missing": "no such file",
+    "folder": "is a folder, not a checkpoint file",
+    "empty": "is empty (0 bytes)",
+    "garbage": "is not a readable PyTorch checkpoint",
+    "truncated": "is truncated or corrupt",
+    "code": "carries pickled code",
+    "tensor": "holds a Tensor, not a state dict",
+    "list": "holds a list, not a state dict",
+    "torchscript": "is a TorchScript model, not a state dict",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_every_checkpoint_problem_is_one_message_with_the_file_and_the_fix(tmp_path, kind):
+    from scripts.checkpoint import load_weights
+
+    path = _bad_file(tmp_path, kind)
+    with pytest.raises(SystemExit) as info:
+        load_weights(path, nn.Linear(2, 1))
+    message = str(info.value)
+    assert message.startswith(f"{path}: {BAD_FILES[kind]}") and "Fix: " in message, message
+    assert "weights_only=False" not in message and "\n" not in message
+    assert not (tmp_path / "code-was-executed").exists()
+
+
+def test_torchscript_paths_missing_or_not_torchscript(tmp_path):
+    from scripts.checkpoint import load_torchscript
+
+    for path, problem in [
+        (tmp_path / "model.ts", "no such file"),
+        (_bad_file(tmp_path, "garbage"), "is not a TorchScript model"),
+        (tmp_path / "good.pt", "is not a TorchScript model (a plain PyTorch checkpoint"),
+    ]:
+        with pytest.raises(SystemExit, match="Fix: ") as info:
+            load_torchscript(path)
+        assert str(info.value).startswith(f"{path}: {problem}"), str(info.value)
+    assert isinstance(load_torchscript(_bad_file(tmp_path, "torchscript")), torch.jit.ScriptModule)
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    net = nn.Linear(2, 1)
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt"
+    )
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    engine.state.metrics = {"score": 0.5}
+    saver.metrics_completed(engine)
+    finite = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight[0, 1] = float("nan")
+    engine.state.metrics = {"score": 0.7}
+    with pytest.raises(SystemExit, match=r"model.pt: not written: 1 tensor\(s\) hold NaN/Inf values \(e.g. weight\)"):
+        saver.metrics_completed(engine)
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], finite)
+
+
+def test_non_finite_loss_stops_training_before_any_save(tmp_path):
+    net = nn.Linear(2, 1)
+    losses = [1.0, float("inf")]
+    trainer = Engine(lambda e, b: [{"loss": torch.tensor(losses[e.state.iteration - 1])}])
+    TrainingCheckpoint(tmp_path, {"model": net}, iteration_interval=1).attach(trainer)
+    with pytest.raises(SystemExit) as info:
+        trainer.run([0, 1], max_epochs=1)
+    message = str(info.value)
+    assert message.startswith("training loss at epoch 1, iteration 2 (2 of the epoch): inf (not finite)")
+    assert "--learning_rate" in message and "--amp" in message and "Fix: " in message
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 1  # iteration 1's
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path):
+    trainer, *_ = _training(tmp_path, resume=False)
+    trainer.run([0, 1], max_epochs=1)
+    net = nn.Linear(2, 1, bias=False)
+    loader = torch.utils.data.DataLoader([0, 1, 2, 3], batch_size=2)
+    resumed = Engine(lambda e, b: None)
+    resumed.data_loader = loader
+    TrainingCheckpoint(tmp_path, {"model": net}, resume=True, settings={"num_classes": 2}).attach(resumed)
+    torch.save(
+        {**torch.load(tmp_path / "checkpoint.pt", weights_only=True), "settings": {"num_classes": 3, "batch_size": 1}},
+        tmp_path / "checkpoint.pt",
+    )
+    with pytest.raises(SystemExit) as info:
+        resumed.run(loader, max_epochs=2)
+    message = str(info.value)
+    assert "--num_classes 3 (this run: 2), --batch_size 1 (this run: 2)" in message, message
+    assert "iterations per epoch" in message and "Fix: resume with --num_classes 3 --batch_size 1" in message
+
+
+def test_random_states_round_trip():
+    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd
+
+    from scripts.checkpoint import RandomStates
+
+    transform = Compose([RandFlipd("x", prob=0.5), RandScaleIntensityd("x", factors=0.5, prob=0.5)])
+    loader = torch.utils.data.DataLoader(monai_dataset(transform), batch_size=1)
+    states = RandomStates(loader)
+    assert len(states.transforms) >= 3  # the Compose and its two random transforms
+
+    def draws():
+        return [
+            random.random(), float(np.random.rand()), float(torch.rand(1)), [float(b["x"].sum()) for b in loader]
+        ]  # fmt: skip
+
+    saved = torch.load(_roundtrip(states.state_dict()), weights_only=True)  # loadable weights-only
+    first = draws()
+    states.load_state_dict(saved)
+    assert draws() == first
+
+
+def monai_dataset(transform):
+    from monai.data import Dataset
+
+    return Dataset([{"x": torch.arange(8.0).reshape(1, 2, 2, 2) + i} for i in range(4)], transform)
+
+
+def _roundtrip(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer

@@ -203,3 +203,81 @@ def test_same_seed_same_metrics_and_weights(trained, tmp_path):
         b = torch.load(tmp_path / "models" / name, weights_only=True)
         a, b = a.get("model", a), b.get("model", b)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_from_an_epoch_boundary_is_bitwise_equal(trained, tmp_path):
+    """Killed in epoch 2 (after epoch 1's checkpoint) and resumed: the same weights as the uninterrupted run."""
+    (tmp_path / "crash.json").write_text(json.dumps(crash.overlay(5)))  # 16 cases, batch 4: inside epoch 2
+    args = _train_args(trained["data"], tmp_path, "--epochs", "2")
+    crashing = args.copy()
+    crashing[crashing.index("--config_file") + 1] = f"{TRAIN[:-1]},'{tmp_path / 'crash.json'}']"
+    assert run_bundle(*crashing, check=False).returncode == -signal.SIGKILL
+    assert _trainer_state(tmp_path / "models" / "checkpoint.pt")["iteration"] == 4
+    resumed = run_bundle(*args, "--resume", "true")
+    assert _validation_metrics(resumed.stdout + resumed.stderr) == _validation_metrics(trained["log"])[1:]
+    for name in ("model.pt", "checkpoint.pt"):
+        a = torch.load(trained["out"] / "models" / name, weights_only=True)
+        b = torch.load(tmp_path / "models" / name, weights_only=True)
+        a, b = a.get("model", a), b.get("model", b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def _assert_one_message(proc, path, problem: str) -> None:
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert f"{path}: {problem}" in proc.stderr and "Fix: " in proc.stderr, proc.stderr[-3000:]
+    for text in (proc.stdout, proc.stderr):
+        assert "Traceback" not in text and "weights_only=False" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("garbage", "is not a readable PyTorch checkpoint"),
+        ("code", "carries pickled code"),
+        ("other_network", "weights of another network"),
+        ("missing", "no such file"),
+        ("folder", "is a folder, not a checkpoint file"),
+    ],
+)
+def test_checkpoint_problems_at_evaluation_and_inference(trained, tmp_path, kind, problem):
+    path = tmp_path / "model.pt"
+    extra: list[str] = []
+    if kind == "garbage":
+        path.write_bytes(b"<html>404 Not Found</html>\n" * 8)
+    elif kind == "code":
+        torch.save({"fc.weight": crash.CrashAt(1)}, path)  # unpickling would import and build an object
+    elif kind == "other_network":
+        path = trained["out"] / "models" / "model.pt"
+        extra = ["--num_classes", "2"]
+        problem += " (2 tensor(s) of another shape (e.g. fc.weight"
+    elif kind == "folder":
+        path = trained["out"] / "models"
+    if kind in ("missing", "folder"):  # evaluation
+        args = ["run", "evaluating", "--config_file", EVALUATE, "--dataset_dir", str(trained["data"])]
+    else:
+        args = ["run", "inferring", "--config_file", SYNTHETIC_INFERENCE, "--dataset_dir", str(trained["data"])]
+    proc = run_bundle(
+        *args, "--ckpt_path", str(path), "--output_dir", str(tmp_path / "out"), *TINY_OVERRIDES, *extra, check=False
+    )
+    _assert_one_message(proc, path, problem)
+    if kind == "other_network":
+        assert "they were trained with --num_classes 4 (this config: 2)" in proc.stderr
+        assert "Fix: pass the overrides their training used (--num_classes 4" in proc.stderr
+
+
+def test_resume_with_another_network_and_batch_size_is_refused(trained, tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "checkpoint.pt").write_bytes((trained["out"] / "models" / "checkpoint.pt").read_bytes())
+    args = _train_args(trained["data"], tmp_path, "--epochs", "3", "--resume", "true")
+    proc = run_bundle(*args, "--num_attentions", "2", "--batch_size", "2", check=False)
+    _assert_one_message(proc, tmp_path / "models" / "checkpoint.pt", "was saved by a run with other settings")
+    assert "--num_attentions 4 (this run: 2), --batch_size 4 (this run: 2)" in proc.stderr
+    assert "Fix: resume with --num_attentions 4 --batch_size 4" in proc.stderr
+
+
+def test_non_finite_loss_stops_training_and_writes_nothing(trained, tmp_path):
+    proc = run_bundle(*_train_args(trained["data"], tmp_path, "--epochs", "2", "--learning_rate", "1e30"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert re.search(r"training loss at epoch 1, iteration \d+ \(\d+ of the epoch\): (nan|inf)", proc.stderr)
+    assert "--learning_rate" in proc.stderr and "Fix: " in proc.stderr
+    assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "models" / "checkpoint.pt").exists()
