@@ -66,7 +66,7 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     (:mod:`scripts.tabular`), and ``"path"``, the file's path. Items that are not objects are kept as they are,
     for the data check (:mod:`scripts.validation`) to report.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # items resolve to absolute paths, whatever the working folder of later readers
     try:
         content = json.loads(path.read_text())
     except (OSError, ValueError) as e:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -124,3 +125,16 @@ def test_inference_items_from_datalist_folder_and_file(tiny_dataset, tmp_path):
     assert [item["image"] for item in inference_items(folder)] == [str(folder / "a.nii"), str(folder / "b.nii.gz")]
     with pytest.raises(SystemExit, match="nothing': does not exist. Fix: point --dataset_dir to"):
         inference_items(tmp_path / "nothing")
+
+
+def test_a_relative_datalist_path_resolves_each_image_once(tiny_dataset, monkeypatch):
+    """The README's commands run from the bundle's folder with bundle_root '.', so the datalist's path is relative:
+    its images must resolve once (absolute), for the data check as for the loaders."""
+    from scripts.datalist import read_datalist
+    from scripts.validation import require_valid_datalist
+
+    monkeypatch.chdir(tiny_dataset.parent)
+    parsed = read_datalist(f"{tiny_dataset.name}/datalist.json")
+    assert all(Path(i["image"]).is_absolute() and Path(i["image"]).is_file() for i in parsed["training"])
+    report = require_valid_datalist(parsed, splits=["training", "validation"], num_classes=4, in_channels=1)
+    assert report is not None and not report.errors
