@@ -2,18 +2,27 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-MONAI Label serves the bundle: the real server runs the bundle's app (scripts/tools/monailabel_app) on 127.0.0.1, one
-NIfTI volume goes to ``/infer/cal_3d_classification`` over HTTP, and the answer names the predicted class and the
-probabilities of the classes in the metadata's ``channel_def``, equal to the bundle's own preprocessing and network
-run in this process.
+MONAI Label serves the bundle, tested as a client uses it: the real server runs the bundle's app
+(scripts/tools/monailabel_app) on 127.0.0.1 and every exchange goes over HTTP.
 
-monailabel needs a torchvision built for its torch, so it lives in its own virtual environment. The test uses the
-first Python that imports it among: ``$MONAILABEL_PYTHON``, ``.venv-monailabel/bin/python`` (made by ``.ci/run``),
-``../venv-monailabel/bin/python``, and the interpreter running the tests.
+* ``server`` (a copy of the bundle with random weights as ``models/model.pt`` or only ``models/model.ts``): one volume
+  to ``/infer/cal_3d_classification`` is answered with the predicted class and the probabilities, equal to the
+  bundle's own preprocessing and network run in this process.
+* ``loop_server`` (the tiny synthetic network of tests/conftest.py, passed with ``--conf configs`` and ``--conf
+  overrides``): volumes are uploaded and labelled, the next sample is asked for, one short epoch is trained with
+  ``/train``, and ``/infer`` then serves the new weights with the attention map as a NIfTI in the input's geometry;
+  bad requests are answered 4xx with the bundle's screening message while the server keeps serving.
+
+monailabel lives in its own virtual environment. The test uses the first Python that imports it among:
+``$MONAILABEL_PYTHON``, ``.venv-monailabel/bin/python`` (made by ``.ci/run``), ``../venv-monailabel/bin/python``, and
+the interpreter running the tests.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email
+import email.policy
 import importlib.util
 import json
 import os
@@ -34,11 +43,13 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export
 
 from scripts.tools.synthetic_data import synthetic_case
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow
 MODEL = "cal_3d_classification"
 STARTUP_TIMEOUT_S = 240
+TRAIN_TIMEOUT_S = 300
+APP = ROOT / "scripts" / "tools" / "monailabel_app" / "main.py"
 
 
 def _monailabel_python() -> str | None:
@@ -81,19 +92,28 @@ def _post_file(url: str, path: Path, timeout: float = 120) -> dict:
         return json.loads(response.read())
 
 
-def _bundle_copy(folder: Path, weights: str) -> tuple[Path, Path]:
+def _inference_parser(configs: tuple[str, ...] = (), overrides: dict | None = None) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "inference.json")] + [str(ROOT / c) for c in configs])
+    parser["bundle_root"] = str(ROOT)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
+def _bundle_copy(
+    folder: Path, weights: str, configs: tuple[str, ...] = (), overrides: dict | None = None
+) -> tuple[Path, Path]:
     """
-    The bundle's configs and scripts with random weights of inference.json's network, as ``models/model.pt`` or, for
-    ``weights="ts"``, only as ``models/model.ts`` exported by the model zoo's ``ckpt_export``. Returns the bundle and
-    the checkpoint (state dict) of its weights.
+    The bundle's configs and scripts with random weights of inference.json's network (with ``configs`` and
+    ``overrides`` on top), as ``models/model.pt`` or, for ``weights="ts"``, only as ``models/model.ts`` exported by
+    the model zoo's ``ckpt_export``. Returns the bundle and the checkpoint (state dict) of its weights.
     """
     bundle = folder / MODEL
     (bundle / "models").mkdir(parents=True)
     for name in ("configs", "scripts"):
         (bundle / name).symlink_to(ROOT / name, target_is_directory=True)
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser["bundle_root"] = str(ROOT)
+    parser = _inference_parser(configs, overrides)
     torch.manual_seed(0)
     checkpoint = folder / "model.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
@@ -108,28 +128,30 @@ def _bundle_copy(folder: Path, weights: str) -> tuple[Path, Path]:
     return bundle, checkpoint
 
 
-@pytest.fixture(scope="module", params=["pt", "ts"], ids=["model.pt", "model.ts"])
-def server(request, tmp_path_factory):
-    """A MONAI Label server with the bundle's app and a copy of the bundle whose weights are ``models/model.pt`` or
-    only ``models/model.ts``; stopped after the tests that use it."""
+def _require_monailabel() -> str:
     python = _monailabel_python()
     if python is None:
         pytest.skip(
             "monailabel is not installed: create its environment as .ci/run does (README, 'Serve the bundle with "
             "MONAI Label') or set MONAILABEL_PYTHON to a Python that imports monailabel"
         )
-    tmp = tmp_path_factory.mktemp(f"monailabel_{request.param}")
-    bundle, checkpoint = _bundle_copy(tmp, request.param)
-    app = tmp / "app"  # MONAI Label writes logs and folders into its app directory: use a copy
+    return python
+
+
+@contextlib.contextmanager
+def _running_server(python: str, tmp: Path, bundle: Path, conf: tuple[str, ...] = ()):
+    """``monailabel start_server`` with a copy of the app (MONAI Label writes logs and folders into its app
+    directory), the bundle and ``--conf`` pairs ``conf``, on a free loopback port; stopped on exit."""
+    app = tmp / "app"
     app.mkdir()
-    shutil.copy(ROOT / "scripts" / "monailabel_app" / "main.py", app / "main.py")
+    shutil.copy(APP, app / "main.py")
     (tmp / "studies").mkdir()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
     log = open(tmp / "server.log", "w")
     cmd = [python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(tmp / "studies"),
-           "--conf", "bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+           "--conf", "bundle", str(bundle), *conf, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -145,7 +167,7 @@ def server(request, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"MONAI Label not up in {STARTUP_TIMEOUT_S} s:\n{(tmp / 'server.log').read_text()[-4000:]}")
             time.sleep(1)
-        yield {"url": url, "checkpoint": checkpoint, "dir": tmp}
+        yield url
     finally:
         proc.terminate()
         try:
@@ -156,16 +178,27 @@ def server(request, tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(scope="module", params=["pt", "ts"], ids=["model.pt", "model.ts"])
+def server(request, tmp_path_factory):
+    """A MONAI Label server with the bundle's app and a copy of the bundle whose weights are ``models/model.pt`` or
+    only ``models/model.ts``; stopped after the tests that use it."""
+    python = _require_monailabel()
+    tmp = tmp_path_factory.mktemp(f"monailabel_{request.param}")
+    bundle, checkpoint = _bundle_copy(tmp, request.param)
+    with _running_server(python, tmp, bundle) as url:
+        yield {"url": url, "checkpoint": checkpoint, "dir": tmp}
+
+
 def _class_names() -> list[str]:
     channels = json.loads((ROOT / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
     return [channels["channel_def"][str(i)] for i in range(len(channels["channel_def"]))]
 
 
-def _expected_probabilities(checkpoint: Path, image: Path) -> np.ndarray:
+def _expected_probabilities(
+    checkpoint: Path, image: Path, configs: tuple[str, ...] = (), overrides: dict | None = None
+) -> np.ndarray:
     """The bundle's preprocessing, network and softmax, in this process."""
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser["bundle_root"] = str(ROOT)
+    parser = _inference_parser(configs, overrides)
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(checkpoint, weights_only=True))
     data = parser.get_parsed_content("preprocessing")({"image": str(image)})
@@ -205,3 +238,196 @@ def test_infer_returns_class_and_probabilities_for_a_volume(server, volume):
 def test_unknown_model_is_an_error(server, volume):
     with pytest.raises(urllib.error.HTTPError):
         _post_file(f"{server['url']}/infer/not_a_model?output=json", volume)
+
+
+# ---- the labelling loop, as a client runs it -------------------------------------------------------------------------
+
+SYNTHETIC = ("configs/synthetic_attention.json",)
+TINY = {TINY_OVERRIDES[i][2:]: json.loads(TINY_OVERRIDES[i + 1]) for i in range(0, len(TINY_OVERRIDES), 2)}
+SYNTHETIC_CLASSES = ["solid", "hollow", "striped", "checkered"]
+LABELS = {"vol0": 0, "vol1": "hollow", "vol2": 2, "vol3": "Checkered", "vol4": 0, "vol5": 1, "vol6": "2"}
+NUM_VOLUMES = 9
+
+
+def _request(method: str, url: str, fields: dict | None = None, files: dict | None = None, body: dict | None = None,
+             timeout: float = 120) -> tuple[int, str, bytes]:  # fmt: skip
+    """One HTTP request with form ``fields`` and ``files`` (multipart) or a JSON ``body``; (status, content type,
+    body) whatever the status."""
+    headers, data = {}, None
+    if fields or files:
+        boundary = uuid.uuid4().hex
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in (fields or {}).items()
+        ]
+        for name, path in (files or {}).items():
+            head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{path.name}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+            parts.append(head.encode() + path.read_bytes() + b"\r\n")
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def _assert_serving(url: str) -> None:
+    assert _get(url + "/info/")[0] == 200, "the server stopped serving"
+
+
+def _save(path: Path, array: np.ndarray, spacing: float = 2.0) -> Path:
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.diag([spacing, spacing, spacing, 1.0])), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loop_server(tmp_path_factory):
+    """A server for the tiny synthetic network (``--conf configs`` and ``--conf overrides``) with random weights, and
+    volumes of 20^3 voxels (the network takes 16^3: the preprocessing resizes them) to upload."""
+    python = _require_monailabel()
+    tmp = tmp_path_factory.mktemp("monailabel_loop")
+    bundle, checkpoint = _bundle_copy(tmp, "pt", SYNTHETIC, TINY)
+    volumes = tmp / "volumes"
+    volumes.mkdir()
+    rng = np.random.default_rng(5)
+    paths = [
+        _save(volumes / f"vol{i}.nii.gz", synthetic_case(rng, label=i % 4, size=20)[0]) for i in range(NUM_VOLUMES)
+    ]
+    conf = ("--conf", "configs", ",".join(SYNTHETIC), "--conf", "overrides", json.dumps(TINY), "--conf", "epochs", "1")
+    with _running_server(python, tmp, bundle, conf) as url:
+        yield {"url": url, "dir": tmp, "volumes": paths, "checkpoint": checkpoint}
+
+
+def _parts(content_type: str, body: bytes) -> dict[str, tuple[str, bytes]]:
+    """The parts of a multipart answer: name -> (content type, bytes)."""
+    message = email.message_from_bytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body, policy=email.policy.HTTP
+    )  # fmt: skip
+    return {p.get_param("name", header="content-disposition"): (p.get_content_type(), p.get_payload(decode=True))
+            for p in message.iter_parts()}  # fmt: skip
+
+
+def test_labelling_loop(loop_server):
+    url, tmp = loop_server["url"], loop_server["dir"]
+    model = f"{url}/infer/{MODEL}"
+
+    # the volumes go into the datastore, and a client sets the classes of some (index or name, any case)
+    for path in loop_server["volumes"]:
+        status, _, body = _request("PUT", f"{url}/datastore/image?image={path.name[:-7]}", files={"file": path})
+        assert status == 200, body
+    for image, label in LABELS.items():
+        status, _, body = _request(
+            "PUT", f"{url}/datastore/image/info?image={image}", {"info": json.dumps({"label": label})}
+        )
+        assert status == 200, body
+    info = json.loads(_request("GET", f"{url}/datastore/image/info?image=vol3")[2])
+    assert (info["label"], info["class_name"]) == (3, "checkered")
+    assert json.loads(_request("GET", f"{url}/datastore/")[2])["completed"] == len(LABELS)
+    # kept in the datastore's file: a restarted server reads them back
+    stored = json.loads((tmp / "studies" / "datastore_v2.json").read_text())["objects"]
+    assert {k: v["image"]["info"].get("label") for k, v in stored.items() if "label" in v["image"]["info"]} == {
+        "vol0": 0, "vol1": 1, "vol2": 2, "vol3": 3, "vol4": 0, "vol5": 1, "vol6": 2
+    }  # fmt: skip
+
+    # the next volume worth labelling: an unlabelled one, the least certain
+    unlabelled = {f"vol{i}" for i in range(NUM_VOLUMES)} - set(LABELS)
+    for strategy in ("entropy", "margin"):
+        status, _, body = _request("POST", f"{url}/activelearning/{strategy}")
+        answer = json.loads(body)
+        assert status == 200 and answer["id"] in unlabelled, answer
+        assert list(answer["probabilities"]) == SYNTHETIC_CLASSES and strategy in answer
+
+    # one short epoch of the bundle's training on the labelled volumes; its progress is in the train status
+    status, _, body = _request("POST", f"{url}/train/{MODEL}", body={"max_epochs": 1})
+    assert status == 200, body
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while (task := json.loads(_request("GET", f"{url}/train/")[2]))["status"] in ("SUBMITTED", "RUNNING"):
+        assert time.monotonic() < deadline, f"training not done in {TRAIN_TIMEOUT_S} s: {task}"
+        time.sleep(2)
+    details = "\n".join(task.get("details", []))
+    assert task["status"] == "DONE", details + (tmp / "server.log").read_text()[-3000:]
+    assert "published" in details and "Epoch[1]" in details
+    published = tmp / "app" / "model" / MODEL / "model.pt"
+    datalist = json.loads((published.parent / "train" / "datalist.json").read_text())
+    assert len(datalist["training"]) + len(datalist["validation"]) == len(LABELS) and datalist["validation"]
+    assert datalist["labels"] == {str(i): n for i, n in enumerate(SYNTHETIC_CLASSES)}
+
+    # /infer serves the new weights: class answer and attention map (multipart, as 3D Slicer asks for it)
+    volume = loop_server["volumes"][-1]
+    status, content_type, body = _request("POST", f"{model}?output=all", files={"file": volume})
+    assert status == 200 and content_type.startswith("multipart/"), body[:500]
+    parts = _parts(content_type, body)
+    answer = json.loads(parts["params"][1])
+    probs = np.array([answer["probabilities"][n] for n in SYNTHETIC_CLASSES])
+    assert answer["class_name"] == SYNTHETIC_CLASSES[int(probs.argmax())]
+    np.testing.assert_allclose(probs, _expected_probabilities(published, volume, SYNTHETIC, TINY), atol=1e-4)
+    assert not np.allclose(probs, _expected_probabilities(loop_server["checkpoint"], volume, SYNTHETIC, TINY))
+    attention = tmp / "attention.nii.gz"
+    attention.write_bytes(parts["image"][1])
+    amap, source = nib.load(attention), nib.load(volume)
+    assert amap.shape == source.shape and np.allclose(amap.affine, source.affine)
+    values = amap.get_fdata()
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1 + 1e-6 and values.max() > 0
+
+    # by image id, the attention map alone
+    status, _, body = _request("POST", f"{model}?image=vol8&output=image")
+    assert status == 200 and body[:2] == b"\x1f\x8b"  # gzip: a .nii.gz
+    _assert_serving(url)
+
+
+def _bad_inputs(folder: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "text.nii.gz").write_text("not an image either")
+    (folder / "empty.nii.gz").write_bytes(b"")
+    _save(folder / "rgb.nii.gz", np.random.default_rng(0).random((16, 16, 16, 3)))
+    _save(folder / "flat.nii.gz", np.random.default_rng(0).random((16, 16)))
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(folder / "slice.png")
+    return {p.name: p for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "name, status, words",
+    [
+        ("notes.txt", 415, "unreadable image"),
+        ("text.nii.gz", 415, "unreadable image"),
+        ("empty.nii.gz", 400, "empty"),
+        ("rgb.nii.gz", 422, "3 channels"),
+        ("flat.nii.gz", 422, "not a 3D volume"),
+        ("slice.png", 422, "not a 3D volume"),
+    ],
+)
+def test_bad_upload_is_a_client_error(loop_server, tmp_path, name, status, words):
+    path = _bad_inputs(tmp_path)[name]
+    code, _, body = _request("POST", f"{loop_server['url']}/infer/{MODEL}?output=json", files={"file": path})
+    assert code == status, body
+    assert words in json.loads(body)["detail"] and "Fix:" in json.loads(body)["detail"]
+    _assert_serving(loop_server["url"])
+
+
+@pytest.mark.parametrize(
+    "method, path, form, status, words",
+    [
+        ("POST", f"/infer/{MODEL}?image=no_such_volume&output=json", None, 404, "not in the datastore"),
+        ("PUT", "/datastore/image/info?image=no_such_volume", {"info": '{"label": 1}'}, 404, "not in the datastore"),
+        ("PUT", "/datastore/image/info?image=vol0", {"info": '{"label": "purple"}'}, 422, "not a class"),
+        ("PUT", "/datastore/image/info?image=vol0", {"info": '{"label": 7}'}, 422, "not a class"),
+    ],
+)
+def test_bad_request_is_a_client_error(loop_server, method, path, form, status, words):
+    if (
+        path.startswith("/datastore/image/info?image=vol0")
+        and not (loop_server["dir"] / "studies" / "vol0.nii.gz").exists()
+    ):
+        _request("PUT", f"{loop_server['url']}/datastore/image?image=vol0", files={"file": loop_server["volumes"][0]})
+    code, _, body = _request(method, loop_server["url"] + path, form)
+    assert code == status, body
+    assert words in json.loads(body)["detail"]
+    _assert_serving(loop_server["url"])
