@@ -93,7 +93,7 @@ def _spawned_main(target: Callable, rank: int, args: tuple, result: str) -> None
     try:
         target(rank, *args)
         outcome = ""
-    except BaseException:  # an assertion failure, or anything else, goes back to the test
+    except BaseException:  # noqa: B036 - an assertion failure, SystemExit or anything else goes back to the test
         outcome = traceback.format_exc()
     Path(result).write_text(outcome)
     sys.stdout.flush()

@@ -21,8 +21,10 @@ from scripts.recipe import (
     select_attention_maps,
 )
 
+BLOCK = (slice(2, 4), slice(4, 6), slice(1, 3))
 
-def _map_with_block(size: int = 8, block: tuple[slice, slice, slice] = (slice(2, 4), slice(4, 6), slice(1, 3))):
+
+def _map_with_block(size: int = 8, block: tuple[slice, slice, slice] = BLOCK):
     """One attention map (1, 1, size^3): 1 in ``block``, 0.3 on one other voxel, 0 elsewhere."""
     a = torch.zeros(1, 1, size, size, size)
     a[(0, 0) + block] = 1.0

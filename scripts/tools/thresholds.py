@@ -67,7 +67,7 @@ def metrics_at_threshold(positive_probs: Sequence[float], labels: Sequence[int],
 
 def choose_threshold(positive_probs: Sequence[float], labels: Sequence[int]) -> float:
     """The threshold on the positive class's probability that maximises macro F1 (see the module's rule)."""
-    values = sorted(set(float(p) for p in positive_probs))
+    values = sorted({float(p) for p in positive_probs})
     if not values:
         raise ValueError("no predictions to choose a threshold on.")
     candidates = [values[0] / 2] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [(values[-1] + 1) / 2]
