@@ -19,7 +19,15 @@ from scripts.tools.multimodal_data import generate_multimodal_dataset
 pytestmark = pytest.mark.slow
 
 # 16^3 volumes: solid vs striped balls are told apart reliably at this size (hollow needs 32^3).
-SMALL = {
+SMALL = {  # the multimodal study's setup: a small ViT and the seed's CAL recipe (train.json's recipe switched off)
+    "backbone": "vit",
+    "center_loss_weight": 0.0,
+    "attention_augment": False,
+    "tta": False,
+    "class_weights": None,
+    "spatial_augmentation": False,
+    "val_key_metric": "val_f1",
+    "dataset_cache": "none",
     "spatial_size": [16, 16, 16],
     "backbone_args#vit#patch_size": 4,
     "backbone_args#vit#hidden_size": 32,

@@ -45,6 +45,7 @@ def test_default_training_writes_the_released_weights_byte_for_byte(tmp_path):
     run_bundle(
         "run", "training", "--config_file", "configs/train.json",
         "--bundle_root", str(tmp_path), "--embedded_data", str(EMBEDDED),
+        timeout=1800,  # the real training: about 4 min on an idle 2-core CPU, far longer on a loaded one
     )  # fmt: skip
     assert (tmp_path / "data" / "adrenalmnist3d" / "datalist.json").is_file()  # built from the embedded file
     assert file_hash(tmp_path / "models" / "model.pt", entry["hash_type"]) == entry["hash_val"]

@@ -57,6 +57,10 @@ def compare_modalities(
     root = Path(bundle_root)
     out = Path(output_dir)
     train, evaluate, meta = _configs(root)
+    if "num_classes" not in overrides:  # the data set's classes, not train.json's default (the released model's)
+        labels = json.loads((Path(dataset_dir) / "datalist.json").read_text()).get("labels") or {}
+        if labels:
+            overrides = {"num_classes": len(labels), **overrides}
     results: dict[str, dict[str, Any]] = {}
     for mode in modes:
         if mode not in MODES:
