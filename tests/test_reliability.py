@@ -261,8 +261,8 @@ def test_checkpoint_problems_at_evaluation_and_inference(trained, tmp_path, kind
     )
     _assert_one_message(proc, path, problem)
     if kind == "other_network":
-        assert "they were trained with --num_classes 4 (this config: 2)" in proc.stderr
-        assert "Fix: pass the overrides their training used (--num_classes 4" in proc.stderr
+        assert "they were trained with --num_attentions 4 (this config: 8)" in proc.stderr
+        assert "Fix: pass the overrides their training used (--num_attentions 4" in proc.stderr
 
 
 def test_resume_with_another_network_and_batch_size_is_refused(trained, tmp_path):

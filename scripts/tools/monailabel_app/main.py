@@ -309,6 +309,8 @@ class ClassificationBundleInferTask(BasicInferTask):
         output_dir = tempfile.mkdtemp(prefix="cal_attention_")
         self._state.parser = self.settings.parser("inference.json")
         self._state.parser["output_dir"] = output_dir
+        # one volume per request: the attention map is named after it; no names from the bundle's data folder
+        self._state.parser["case_names"] = {}
         self._state.output_dir = output_dir
         try:
             return super().__call__(request, callbacks)
