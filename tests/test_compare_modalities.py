@@ -27,7 +27,6 @@ SMALL = {  # the multimodal study's setup: a small ViT and the seed's CAL recipe
     "class_weights": None,
     "spatial_augmentation": False,
     "val_key_metric": "val_f1",
-    "dataset_cache": "none",
     "spatial_size": [16, 16, 16],
     "backbone_args#vit#patch_size": 4,
     "backbone_args#vit#hidden_size": 32,
