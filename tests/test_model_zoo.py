@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -160,3 +161,25 @@ def test_hashes_are_written_into_large_files(tmp_path):
     text = (bundle / LARGE_FILES).read_text()
     assert text.startswith("# comment kept\n") and f'hash_val: "{hashlib.md5(payload).hexdigest()}"' in text
     assert read_large_files(bundle)[0]["hash_val"] == hashlib.md5(payload).hexdigest()
+
+
+def _pip_dry_run(python_version: str, requirements: list[str]) -> subprocess.CompletedProcess:
+    """``pip install --dry-run`` of ``requirements`` as binary wheels for another Python (no install, no deps)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
+           "--only-binary=:all:", "--python-version", python_version, *requirements]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python_version", ["3.10", "3.11"])
+def test_metadata_pins_install_on_python_310_and_311(python_version):
+    """The model zoo's premerge job installs the metadata's ``==`` pins on Python 3.10: each must have a wheel for
+    3.10 and for 3.11 (a resolver dry run against the package registry)."""
+    meta = json.loads(META.read_text())
+    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+    pins.update(meta.get("required_packages_version", {}))
+    pins.update(meta.get("optional_packages_version", {}))
+    if _pip_dry_run(python_version, ["pip"]).returncode != 0:
+        pytest.skip("the package registry cannot be reached (pip's dry run of pip failed)")
+    proc = _pip_dry_run(python_version, [f"{name}=={version}" for name, version in pins.items()])
+    assert proc.returncode == 0, proc.stderr[-3000:]
