@@ -96,7 +96,7 @@ def test_torchscript_carries_the_metadata(exported):
     extra = {"metadata.json": ""}
     torch.jit.load(str(exported["dir"] / "model.ts"), _extra_files=extra)
     meta = json.loads(extra["metadata.json"])
-    assert meta["name"] == "cal_3d_classification" and "network_data_format" in meta
+    assert meta["name"] == "CAL 3D classification" and "network_data_format" in meta
 
 
 def test_onnx_matches_eager(exported):

@@ -54,7 +54,8 @@ def test_metadata_is_complete():
                 "references", "network_data_format"):  # fmt: skip
         assert key in meta, key
     assert meta["version"] in meta["changelog"]
-    assert meta["name"] == "cal_3d_classification"  # MONAI Label types a bundle from the word in its name
+    # a display name, as the zoo's bundles have; MONAI Label types a bundle as a classifier from the word in its name
+    assert meta["name"] == "CAL 3D classification" and "classification" in meta["name"].lower()
     assert any("Counterfactual Attention Learning" in r for r in meta["references"])
     assert any("MONAI" in r for r in meta["references"]) and any("16x16 Words" in r for r in meta["references"])
     for tensor in ("inputs", "outputs"):

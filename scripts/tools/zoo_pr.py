@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -45,8 +46,12 @@ class ZooPRError(ValueError):
 
 
 def bundle_name(root: str | os.PathLike = ROOT) -> str:
-    """The bundle's folder name in the zoo: the ``name`` of configs/metadata.json (also the name of the tests)."""
-    return str(json.loads((Path(root) / "configs" / "metadata.json").read_text())["name"])
+    """
+    The bundle's folder name in the zoo (also the name of its tests): the display ``name`` of configs/metadata.json
+    as an identifier, "CAL 3D classification" -> ``cal_3d_classification``.
+    """
+    name = str(json.loads((Path(root) / "configs" / "metadata.json").read_text())["name"])
+    return re.sub(r"\W+", "_", name).strip("_").lower()
 
 
 def large_files_text(weights_url: str, hash_val: str) -> str:

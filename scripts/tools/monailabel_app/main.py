@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -125,7 +126,8 @@ class BundleSettings:
             raise ValueError(f"--conf val_split {self.val_split}: give a share between 0 and 1, e.g. 0.2.")
         self.epochs = int(conf["epochs"]) if conf.get("epochs") else None
         meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
-        self.name = str(meta.get("name", self.bundle.name))
+        # the model's id in MONAI Label's URLs: the metadata's display name as an identifier ("cal_3d_classification")
+        self.name = re.sub(r"\W+", "_", str(meta.get("name", self.bundle.name))).strip("_").lower()
         self.version = meta.get("version")
         self.description = meta.get("description", "")
         self.model_dir = Path(app_dir) / "model" / self.name  # where /train publishes its weights
