@@ -31,7 +31,6 @@ import os
 import pickle
 import random
 import re
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +45,7 @@ from torch import nn
 
 from .distributed import get_rank
 from .errors import stop
+from .outputs import TMP_SUFFIX, atomic_file
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
@@ -67,50 +67,17 @@ __all__ = [
     "load_torchscript",
 ]
 
-_TMP_SUFFIX = ".tmp"
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
-
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """
-    ``torch.save(obj, path)`` made atomic: the data go to a temporary file in the same folder, are flushed to disk,
-    and the file is renamed over ``path`` (``os.replace``). A process killed at any moment leaves either the previous
-    ``path`` or the new one, plus at worst a stray hidden ``.<name>.<pid>.<id>.tmp``. The file gets the usual
-    permissions (0666 minus the umask), unlike a ``tempfile`` (0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        try:
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+    """``torch.save(obj, path)`` made atomic with :func:`scripts.outputs.atomic_file` (temporary file, then rename)."""
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete temporaries that :func:`atomic_save` left beside ``path`` when a process was killed mid-write."""
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"))
+    stale = sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

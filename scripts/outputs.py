@@ -17,12 +17,21 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from .errors import stop
 
-__all__ = ["case_name", "unique_case_names", "CaseNameFormatter", "atomic_write_text", "separate_output_dir"]
+__all__ = [
+    "case_name",
+    "unique_case_names",
+    "CaseNameFormatter",
+    "atomic_file",
+    "atomic_write_text",
+    "separate_output_dir",
+]
 
 _SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".npy", ".npz", ".dcm", ".png")
 _NIFTI = (".nii", ".nii.gz")
@@ -99,24 +108,48 @@ class CaseNameFormatter:
         return {"subject": f"{name}.nii.gz", "idx": None}
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
-    Write ``text`` to ``path`` atomically: into a hidden temporary file of the same folder, flushed to disk, then
-    renamed over ``path``. A run that fails or is killed leaves the previous file whole.
+    Open ``path`` for writing atomically: the block writes to a hidden temporary file of the same folder
+    (``.<name>.<pid>.<id>.tmp``), which is flushed to disk and renamed over ``path`` (``os.replace``) when the block
+    ends without error, and removed otherwise. A process killed at any moment leaves either the previous ``path`` or
+    the new one, plus at worst a stray temporary. The file gets the usual permissions (0666 minus the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    text = {"newline": "", "encoding": "utf-8"} if "b" not in mode else {}
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` with :func:`atomic_file`: a run that fails or is killed leaves the previous file."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def separate_output_dir(source: str | os.PathLike, output_dir: str | os.PathLike, datalist: str = "datalist.json"):
