@@ -42,9 +42,8 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file, not 0600
 
 
-def test_best_model_file_is_replaced_not_deleted_first(tmp_path, monkeypatch):
-    """MONAI's CheckpointSaver deletes model.pt and then writes it: a kill in between leaves no model at all."""
-    net = nn.Linear(2, 1)
+def _best_model_saver(tmp_path, net: nn.Module) -> tuple[AtomicCheckpointSaver, Engine]:
+    """The best-model saver of train.json on ``net``, attached to an engine, after a first save (score 0.5)."""
     saver = AtomicCheckpointSaver(
         str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt"
     )
@@ -52,6 +51,13 @@ def test_best_model_file_is_replaced_not_deleted_first(tmp_path, monkeypatch):
     saver.attach(engine)
     engine.state.metrics = {"score": 0.5}
     saver.metrics_completed(engine)
+    return saver, engine
+
+
+def test_best_model_file_is_replaced_not_deleted_first(tmp_path, monkeypatch):
+    """MONAI's CheckpointSaver deletes model.pt and then writes it: a kill in between leaves no model at all."""
+    net = nn.Linear(2, 1)
+    saver, engine = _best_model_saver(tmp_path, net)  # model.pt written once, for a score of 0.5
     first = torch.load(tmp_path / "model.pt", weights_only=True)
     monkeypatch.setattr(checkpoint_module.torch, "save", _failing_save)  # the next write dies half-way
     engine.state.metrics = {"score": 0.7}
@@ -278,13 +284,7 @@ def test_torchscript_paths_missing_or_not_torchscript(tmp_path):
 
 def test_non_finite_weights_are_never_written(tmp_path):
     net = nn.Linear(2, 1)
-    saver = AtomicCheckpointSaver(
-        str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt"
-    )
-    engine = Engine(lambda e, b: None)
-    saver.attach(engine)
-    engine.state.metrics = {"score": 0.5}
-    saver.metrics_completed(engine)
+    saver, engine = _best_model_saver(tmp_path, net)  # model.pt written once, for a score of 0.5
     finite = net.weight.detach().clone()
     with torch.no_grad():
         net.weight[0, 1] = float("nan")
