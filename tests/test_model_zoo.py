@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -166,9 +167,10 @@ def test_hashes_are_written_into_large_files(tmp_path):
 
 def _pip_dry_run(python_version: str, requirements: list[str]) -> subprocess.CompletedProcess:
     """``pip install --dry-run`` of ``requirements`` as binary wheels for another Python (no install, no deps)."""
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
-           "--only-binary=:all:", "--python-version", python_version, *requirements]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory() as target:  # pip before 24 takes --python-version only with --target
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-deps", "--ignore-installed",
+               "--only-binary=:all:", "--python-version", python_version, "--target", target, *requirements]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
