@@ -83,12 +83,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return stale
 
 
-MISMATCH_HINT = (
-    "the network this config builds does not fit those weights: they were trained with other settings. Fix: pass "
-    "the overrides their training used (--backbone, --backbone_args#..., --num_classes, --spatial_size, "
-    "--num_attentions, --use_tabular ...), or point --ckpt_path to weights of this network."
-)
-
 _TRUSTED_FIX = (
     "re-save the weights as a plain state dict where they were trained (torch.save(model.state_dict(), path)), or use "
     "weights from a source you trust (this bundle's models/model.pt, whose md5 is in large_files.yml)"
