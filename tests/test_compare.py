@@ -15,7 +15,7 @@ import statistics
 
 import pytest
 
-from scripts.tools.compare import COMPARISONS, METRICS, ROWS, main, paired, summarize, write_markdown
+from scripts.tools.compare import COMPARISONS, METRICS, ROWS, best_epoch, main, paired, summarize, write_markdown
 from tests.conftest import TINY_OVERRIDES
 
 SWITCHES = ("cal", "center_loss_weight", "attention_augment", "tta")
@@ -61,6 +61,11 @@ def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
         # the validation split's predictions, and the threshold chosen on them
         assert json.loads((run_dir / "validation" / "metrics.json").read_text())["num_cases"] == 8
         assert 0 < float(run["threshold"]) < 1 and 0 <= float(run["f1_macro_thr"]) <= 1
+        # what a recipe is chosen on: the kept checkpoint's validation AUC and epoch
+        assert float(run["val_auc_macro"]) == pytest.approx(
+            json.loads((run_dir / "validation" / "metrics.json").read_text())["auc_macro"]
+        )
+        assert run["best_epoch"] == "1"
     # each row ran its own settings, and says how to repeat it with the bundle's command line
     baseline = (out / "baseline/seed0/commands.sh").read_text()
     for option in ("--cal False", "--center_loss_weight 0.0", "--attention_augment False", "--tta False"):
@@ -100,6 +105,18 @@ def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
     assert [
         (out / "cal/seed0" / f).stat().st_mtime for f in ("models/model.pt", "validation/predictions.csv")
     ] == stamps
+
+
+def test_best_epoch_is_the_last_validation_key_metric_epoch(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(
+        "INFO - Key metric: val_auc best value: 0.7 at epoch: 2\n"
+        "INFO - Key metric: train_accuracy best value: 0.9 at epoch: 5\n"
+        "INFO - Key metric: val_auc best value: 0.8 at epoch: 4\n"
+    )
+    assert best_epoch(log) == 4  # the training metric's line is not the kept checkpoint
+    log.write_text("INFO - Epoch[1] Complete.\n")
+    assert best_epoch(log) is None
 
 
 def _result(row, seed, auc, f1, thr=None):

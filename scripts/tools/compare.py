@@ -28,7 +28,9 @@ metric, ``runs.csv`` one line per run; ``comparison.png``) give each row's test 
 deviation over seeds, the paired differences (same seed = same pair) of each row to the baseline and of CAL +
 recipe to baseline + recipe with a 95% paired bootstrap confidence interval and a Wilcoxon signed-rank p-value
 (:mod:`scripts.tools.paired_stats`), and, for binary tasks, the thresholded metrics at a threshold chosen on the
-validation split (:mod:`scripts.tools.thresholds`) beside the argmax ones.
+validation split (:mod:`scripts.tools.thresholds`) beside the argmax ones. Each row also gets its validation macro
+AUC (what a recipe is chosen on, never the test split) and the median epoch whose checkpoint was kept (a budget
+that ends while runs still improve shows as a best epoch at the last one).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ import io
 import json
 import math
 import os
+import re
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -56,6 +60,7 @@ __all__ = [
     "THRESHOLD_METRICS",
     "parse_overrides",
     "run_one",
+    "best_epoch",
     "summarize",
     "paired",
     "write_markdown",
@@ -78,6 +83,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "cal": ("CAL (seed recipe)", {"cal": True, **NO_RECIPE}),
     "cal_recipe": ("CAL + recipe", {"cal": True, **RECIPE}),
 }
+# What a run was selected on: its validation macro AUC (the checkpoint's, on the validation split) and its epoch.
+SELECTION = ["val_auc_macro", "best_epoch"]
 # Paired comparisons (row, reference): every row against the baseline, and CAL's effect within the recipe.
 COMPARISONS: list[tuple[str, str]] = [
     ("baseline_recipe", "baseline"),
@@ -242,11 +249,23 @@ def run_one(
         result["val_eval_s"] = _bundle("evaluating", eval_files, on_validation, run_dir / "evaluate_validation.log")
         result_file.write_text(json.dumps(result, indent=2))
     thresholded = validation_threshold_metrics(val_dir / "predictions.csv", run_dir / "predictions.csv")
+    result["val_auc_macro"] = json.loads((val_dir / "metrics.json").read_text())["auc_macro"]
+    result["best_epoch"] = best_epoch(run_dir / "train.log")
     result["threshold"] = None if thresholded is None else thresholded["threshold"]
     for key in ("accuracy", "balanced_accuracy", "f1_macro"):
         result[f"{key}_thr"] = None if thresholded is None else thresholded[key]
-    order = ["row", "seed", *METRICS, "threshold", "accuracy_thr", *THRESHOLD_METRICS, "train_s", "eval_s"]
+    order = ["row", "seed", *METRICS, "threshold", "accuracy_thr", *THRESHOLD_METRICS, *SELECTION, "train_s", "eval_s"]
     return {key: result[key] for key in order + ["val_eval_s"]}
+
+
+def best_epoch(train_log: Path) -> int | None:
+    """
+    The epoch whose checkpoint a training run kept: the last ``Key metric: val_<name> best value: ... at epoch: N``
+    line that MONAI's evaluator logs in ``train_log`` (None when there is none). A best epoch at the very end says the
+    run was still improving when its epoch budget ran out.
+    """
+    found = re.findall(r"Key metric: val_\w+ best value: \S+ at epoch: (\d+)", train_log.read_text())
+    return int(found[-1]) if found else None
 
 
 def _known(values: Sequence[float | None]) -> list[float]:
@@ -316,6 +335,9 @@ def summarize(results: Sequence[dict], rows: Sequence[str], differences: Sequenc
         entry: dict = {"row": row, "label": ROWS[row][0], "seeds": len(runs)}
         for key in [*METRICS, *THRESHOLD_METRICS, "threshold"]:
             entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r[key] for r in runs])
+        entry["val_auc_macro_mean"], entry["val_auc_macro_std"] = _mean_std([r.get("val_auc_macro") for r in runs])
+        epochs = _known([r.get("best_epoch") for r in runs])
+        entry["best_epoch_median"] = statistics.median(epochs) if epochs else math.nan
         entry["train_min_mean"] = sum(r["train_s"] for r in runs) / len(runs) / 60
         entry["eval_min_mean"] = sum(r["eval_s"] + r["val_eval_s"] for r in runs) / len(runs) / 60
         to_baseline = {d["metric"]: d for d in differences if d["row"] == row and d["reference"] == "baseline"}
@@ -345,10 +367,11 @@ def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: P
     keys = list(METRICS) + (list(THRESHOLD_METRICS) + ["threshold"] if thresholds else [])
     names = {**_names(), "threshold": "val threshold"}
     columns = [names[k] if k == "threshold" else f"test {names[k]}" for k in keys]
-    header = "| row | seeds | " + " | ".join(columns) + " | train min/run | eval min/run |"
-    lines = ([f"**{title}**", ""] if title else []) + [header, "|" + " --- |" * (len(keys) + 4)]
+    header = "| row | seeds | " + " | ".join(columns) + " | val macro AUC | best epoch | train min/run | eval min/run |"
+    lines = ([f"**{title}**", ""] if title else []) + [header, "|" + " --- |" * (len(keys) + 6)]
     for s in summary:
         cells = [f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_std']:.3f}" for k in keys]
+        cells += [f"{s['val_auc_macro_mean']:.3f} ± {s['val_auc_macro_std']:.3f}", f"{s['best_epoch_median']:g}"]
         times = f" | {s['train_min_mean']:.1f} | {s['eval_min_mean']:.1f} |"
         lines.append(f"| {s['label']} | {s['seeds']} | " + " | ".join(cells) + times)
     metrics = [k for k in PAIRED_METRICS if any(d["metric"] == k for d in differences)]
@@ -375,6 +398,11 @@ def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: P
             "the smallest p is 2/2^n, 0.0625 for 5 seeds: 6 or more seeds are needed to go below 0.05). Student-t "
             "intervals and paired t-test p-values are in paired.csv.",
         ]
+    lines += [
+        "",
+        "Val macro AUC: the kept checkpoint's macro AUC on the validation split, what a recipe is chosen on. Best "
+        "epoch: the median over seeds of the epoch whose checkpoint was kept (best validation key metric).",
+    ]
     if thresholds:
         lines += [
             "",
