@@ -71,3 +71,9 @@ def test_benchmark_command_prints_all_figures(tmp_path):
     table = format_table(report["results"]).splitlines()
     assert table[0].startswith("| backbone |") and table[-1].startswith("| resnet |")
     assert "\n".join(table) in proc.stderr  # the command prints it
+
+
+def test_benchmark_refuses_a_count_of_zero_with_a_usage_message():
+    proc = run_command([sys.executable, "-m", "scripts.tools.benchmark", "--data_steps", "0"])
+    assert proc.returncode == 2 and "--data_steps must be 1 or more, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

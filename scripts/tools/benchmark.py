@@ -393,6 +393,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, metavar="DIR", help="write torch.profiler operator tables here")
     p.add_argument("--output", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
+    for name in ("batch_size", "repeats", "data_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be 1 or more, got {getattr(args, name)}.")
     if len(args.spatial_size) not in (1, 3):
         p.error("--spatial_size takes one value (a cube) or three.")
     args.spatial_size = args.spatial_size * 3 if len(args.spatial_size) == 1 else args.spatial_size
