@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 # 16^3 volumes: solid vs striped balls are told apart reliably at this size (hollow needs 32^3).
 SMALL = {  # the multimodal study's setup: a small ViT and the seed's CAL recipe (train.json's recipe switched off)
     "backbone": "vit",
+    "cal": True,
     "center_loss_weight": 0.0,
     "attention_augment": False,
     "tta": False,

@@ -120,8 +120,8 @@ def test_tabular_branch_without_its_length(tmp_path):
 
 
 def test_batch_of_one_with_batchnorm(tiny_dataset, tmp_path):
-    # the default ResNet on 16^3 ends on a 1x1x1 grid: BatchNorm gets one value per channel for one case
-    resnet = {"backbone": "resnet", "spatial_size": [16, 16, 16], "dataset_dir": str(tiny_dataset)}
+    # the default ResNet (stride 4 after two stages) on 4^3 ends on a 1x1x1 grid: one value per channel for one case
+    resnet = {"backbone": "resnet", "spatial_size": [4, 4, 4], "dataset_dir": str(tiny_dataset)}
     _stops(_parser(tmp_path, **resnet, batch_size=1), "train#drop_last", "batch_size 1", "BatchNorm layer")
     # 16 training cases in batches of 3: the last batch of one is dropped with BatchNorm, kept without it
     assert _parser(tmp_path, **resnet, batch_size=3).get_parsed_content("train#dataloader").drop_last is True
