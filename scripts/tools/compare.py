@@ -275,12 +275,9 @@ def _known(values: Sequence[float | None]) -> list[float]:
 def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value) of the known values (NaN for none)."""
     values = _known(values)
-    n = len(values)
-    if not n:
+    if not values:
         return math.nan, math.nan
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _pairs(results: Sequence[dict], row: str, reference: str, key: str) -> tuple[list, list]:
