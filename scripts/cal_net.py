@@ -24,7 +24,7 @@ from .tabular_net import TabularEncoder
 __all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
 
 EPSILON = 1e-6
-COUNTERFACTUALS = ("random", "uniform", "reversed", "shuffle")
+COUNTERFACTUALS = ("random", "uniform", "reversed", "shuffle", "sparse")
 
 
 def signed_sqrt_normalize(x: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
@@ -32,7 +32,9 @@ def signed_sqrt_normalize(x: torch.Tensor, eps: float = EPSILON) -> torch.Tensor
     return F.normalize(torch.sign(x) * torch.sqrt(torch.abs(x) + eps), dim=-1)
 
 
-def counterfactual_attention(attentions: torch.Tensor, kind: str = "random") -> torch.Tensor:
+def counterfactual_attention(
+    attentions: torch.Tensor, kind: str = "random", generator: torch.Generator | None = None
+) -> torch.Tensor:
     """
     Counterfactual attention maps Ā for ``attentions`` A (B, M, d, h, w), same shape, no gradient.
 
@@ -40,11 +42,18 @@ def counterfactual_attention(attentions: torch.Tensor, kind: str = "random") -> 
     - ``uniform``: every voxel of a map set to that map's spatial mean (no location information);
     - ``reversed``: ``max(A) - A`` per map, attending where the model does not;
     - ``shuffle``: another case's maps (the batch rolled by a random non-zero shift); with a batch of one,
-      the voxels of each map are permuted instead.
+      the voxels of each map are permuted instead;
+    - ``sparse``: random attention with each learned map's own sparsity: every voxel of map m is kept with
+      probability p_m (the share of A[m]'s voxels above zero, at least one voxel's share) and then drawn uniform in
+      [0, 2); the others are zero. Unlike ``random``, whose maps are close to all ones on a coarse grid (a global
+      average), it attends to a few random places, as sparsely as the model does.
+
+    The random kinds draw from ``generator`` (a CPU :class:`torch.Generator`; the draws are moved to A's device), or
+    from torch's global generator when it is None.
     """
     a = attentions.detach()
     if kind == "random":
-        return torch.rand_like(a) * 2.0
+        return torch.rand(a.shape, generator=generator).to(a.device, a.dtype) * 2.0
     if kind == "uniform":
         return a.mean(dim=(2, 3, 4), keepdim=True).expand_as(a).contiguous()
     if kind == "reversed":
@@ -52,11 +61,17 @@ def counterfactual_attention(attentions: torch.Tensor, kind: str = "random") -> 
     if kind == "shuffle":
         b = a.shape[0]
         if b > 1:
-            shift = int(torch.randint(1, b, (1,)).item())
+            shift = int(torch.randint(1, b, (1,), generator=generator).item())
             return torch.roll(a, shifts=shift, dims=0)
         flat = a.flatten(2)
-        return flat.index_select(2, torch.randperm(flat.shape[-1], device=a.device)).view_as(a)
-    raise ValueError("unknown counterfactual '" + kind + "', choose random, uniform, reversed or shuffle.")
+        order = torch.randperm(flat.shape[-1], generator=generator).to(a.device)
+        return flat.index_select(2, order).view_as(a)
+    if kind == "sparse":
+        voxels = a.shape[2] * a.shape[3] * a.shape[4]
+        density = (a > 0).flatten(2).float().mean(dim=2).clamp(min=1.0 / voxels)[..., None, None, None]
+        keep = torch.rand(a.shape, generator=generator).to(a.device, a.dtype) < density
+        return torch.rand(a.shape, generator=generator).to(a.device, a.dtype) * 2.0 * keep
+    raise ValueError("unknown counterfactual '" + kind + "', choose random, uniform, reversed, shuffle or sparse.")
 
 
 class BAP3D(nn.Module):
@@ -70,10 +85,15 @@ class BAP3D(nn.Module):
     Called as ``bap(features, attentions)`` it returns the factual and the counterfactual feature matrices (the
     seed's call); :meth:`pool_features` gives the factual one alone (what inference needs).
 
+    The counterfactual draws from the module's own CPU :class:`torch.Generator` (``self.generator``), seeded once
+    from torch's global generator when the module is built, so that a network trained with the counterfactual and
+    one trained without it consume the global random stream (data order, augmentation, weight initialisation)
+    identically: paired runs differ by the counterfactual alone. Its state is saved with a training checkpoint.
+
     Args:
         pool: ``"GAP"`` (global average, the default) or ``"GMP"`` (global max).
-        counterfactual: the counterfactual attention in training: ``"random"``, ``"uniform"``, ``"reversed"`` or
-            ``"shuffle"`` (see :func:`counterfactual_attention`). In eval mode it is all ones, as in the seed.
+        counterfactual: the counterfactual attention in training, one of :data:`COUNTERFACTUALS` (see
+            :func:`counterfactual_attention`). In eval mode it is all ones, as in the seed.
         eps: the signed square root's epsilon.
     """
 
@@ -86,6 +106,9 @@ class BAP3D(nn.Module):
         self.pool = pool
         self.counterfactual = counterfactual
         self.eps = eps
+        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+    __jit_ignored_attributes__ = ["generator"]  # TorchScript cannot hold or save a generator
 
     def pool_features(self, features: torch.Tensor, attentions: torch.Tensor) -> torch.Tensor:
         """Feature matrix of ``features`` (B, C, D, H, W) under ``attentions`` (B, M, d, h, w): (B, M*C)."""
@@ -102,7 +125,9 @@ class BAP3D(nn.Module):
     def counterfactual_attention(self, attentions: torch.Tensor) -> torch.Tensor:
         """Ā for ``attentions`` (B, M, d, h, w), same shape: the configured kind in training, all ones in eval."""
         if self.training:
-            return counterfactual_attention(attentions, self.counterfactual)
+            if torch.jit.is_scripting():  # a scripted network in training mode draws from the global generator
+                return counterfactual_attention(attentions, self.counterfactual, None)
+            return counterfactual_attention(attentions, self.counterfactual, self.generator)
         return torch.ones_like(attentions)
 
     def forward(self, features: torch.Tensor, attentions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +162,8 @@ class CALNet(nn.Module):
         num_attentions: M, the number of attention maps.
         pool: BAP3D pooling, ``"GAP"`` or ``"GMP"``.
         cal: train with the counterfactual branch (``False`` gives the baseline).
-        counterfactual: ``"random"``, ``"uniform"``, ``"reversed"`` or ``"shuffle"`` (held by :class:`BAP3D`).
+        counterfactual: one of :data:`COUNTERFACTUALS` (held by :class:`BAP3D`, which draws it from its own
+            generator).
         attention_block: ``"conv"`` (the seed's 1x1x1 conv with bias) or ``"conv_bn_relu"`` (the original
             CAL code's conv without bias + BatchNorm + ReLU, which keeps attention non-negative).
         scale: the factor applied to the feature matrix before the classifier (100 in the seed and the paper).

@@ -152,7 +152,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = None, fix_missi
         stop(
             str(path),
             f"{problem} ({_short_reason(error)})",
-            "copy or download it again (compare its size and md5 " "with the original), or retrain",
+            "copy or download it again (compare its size and md5 with the original), or retrain",
         )
     except (EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError, OSError) as error:
         stop(
@@ -255,9 +255,7 @@ def load_weights(path: str | os.PathLike, network: nn.Module, map_location: Any 
     path = Path(path)
     weights = _state_dict_of(
         read_checkpoint(
-            path,
-            map_location,
-            "pass --ckpt_path with a model file (training " "writes models/model.pt), or train first",
+            path, map_location, "pass --ckpt_path with a model file (training writes models/model.pt), or train first"
         ),
         path,
     )
@@ -469,23 +467,28 @@ def _numpy_tuple(state: Mapping) -> tuple:
 class RandomStates:
     """
     Every random stream a training run draws from, as a ``state_dict`` that loads weights-only: Python's ``random``,
-    NumPy's global generator, torch's CPU generator (the data loader's shuffling, the counterfactual attention,
-    dropout...), the CUDA generators when CUDA is in use, the data loader's and sampler's own ``torch.Generator`` if
-    any, and the ``R`` of each MONAI random transform of the training data set (drawn per case, in the main process
-    when ``num_workers`` is 0; with workers, each epoch's worker seeds come from torch's CPU generator).
+    NumPy's global generator, torch's CPU generator (the data loader's shuffling, dropout...), the CUDA generators
+    when CUDA is in use, the data loader's and sampler's own ``torch.Generator`` if any, those of the network's
+    modules (the counterfactual attention's, :class:`scripts.cal_net.BAP3D`), and the ``R`` of each MONAI random
+    transform of the training data set (drawn per case, in the main process when ``num_workers`` is 0; with workers,
+    each epoch's worker seeds come from torch's CPU generator).
 
     In a distributed run only rank 0 saves the checkpoint: its streams are restored on rank 0 only, the other ranks
     keep those of their seed.
     """
 
-    def __init__(self, data_loader: Any = None) -> None:
+    def __init__(self, data_loader: Any = None, network: torch.nn.Module | None = None) -> None:
         self.data_loader = data_loader
+        self.network = network
         dataset = getattr(data_loader, "dataset", None)
         self.transforms = _randomizables(getattr(dataset, "transform", dataset))
 
     def _generators(self) -> dict[str, torch.Generator]:
+        owners = [("loader", self.data_loader), ("sampler", getattr(self.data_loader, "sampler", None))]
+        if self.network is not None:  # modules with a generator of their own (the counterfactual attention's)
+            owners += [(f"network.{name}", module) for name, module in _unwrap(self.network).named_modules()]
         found = {}
-        for name, owner in (("loader", self.data_loader), ("sampler", getattr(self.data_loader, "sampler", None))):
+        for name, owner in owners:
             generator = getattr(owner, "generator", None)
             if isinstance(generator, torch.Generator):
                 found[name] = generator
@@ -609,7 +612,8 @@ class TrainingCheckpoint:
         self._objects = {**self.save_dict, "trainer": engine, "settings": _Settings(settings)}
         if self.validator is not None:
             self._objects["validator"] = _BestMetric(self.validator)
-        self._objects["random_states"] = RandomStates(data_loader)  # restored last: nothing draws after it
+        # restored last: nothing draws after it
+        self._objects["random_states"] = RandomStates(data_loader, getattr(engine, "network", None))
         self._checkpoint = Checkpoint(
             to_save=self._objects,
             save_handler=AtomicSaver(self.path.parent, filename=self.path.name),

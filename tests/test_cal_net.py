@@ -94,9 +94,48 @@ def test_counterfactual_kinds(kind):
         torch.testing.assert_close(fake, a.mean(dim=(2, 3, 4), keepdim=True).expand_as(a))
     elif kind == "reversed":
         torch.testing.assert_close(fake, a.amax(dim=(2, 3, 4), keepdim=True) - a)
+    elif kind == "sparse":
+        assert fake.min() >= 0 and fake.max() < 2
     else:  # shuffle: every case receives another case's maps
         assert all(not torch.equal(fake[i], a[i]) for i in range(3))
         assert sorted(fake.sum(dim=(1, 2, 3, 4)).tolist()) == pytest.approx(sorted(a.sum(dim=(1, 2, 3, 4)).tolist()))
+
+
+def test_sparse_counterfactual_keeps_each_maps_sparsity():
+    """``sparse`` attends to random voxels, about as many per map as the learned map has above zero."""
+    attentions = torch.zeros(4, 2, 10, 10, 10)
+    attentions[:, 0, :2] = 1.0  # map 0: 20% of the voxels above zero
+    attentions[:, 1] = torch.rand(4, 10, 10, 10) + 0.1  # map 1: dense
+    fake = counterfactual_attention(attentions, "sparse", torch.Generator().manual_seed(0))
+    kept = (fake > 0).flatten(2).float().mean(dim=2)
+    assert kept[:, 0].mean().item() == pytest.approx(0.2, abs=0.03)
+    assert kept[:, 1].mean().item() > 0.97
+    assert not torch.equal(fake[0, 0] > 0, attentions[0, 0] > 0)  # random places, not the learned ones
+
+
+def test_counterfactual_draws_leave_the_global_random_stream_alone():
+    """Paired runs (CAL on and off) must see the same data order and augmentation: Ā draws from BAP3D's generator."""
+    torch.manual_seed(0)
+    bap = BAP3D().train()
+    features, attentions = torch.randn(2, 4, 2, 2, 2), torch.rand(2, 3, 2, 2, 2)
+    before = torch.get_rng_state()
+    for kind in ("random", "shuffle", "sparse"):
+        bap.counterfactual = kind
+        bap(features, attentions)
+    assert torch.equal(torch.get_rng_state(), before)
+    # the generator is seeded from the global stream when the module is built: the same seed, the same draws
+    torch.manual_seed(0)
+    again = BAP3D().train()
+    torch.testing.assert_close(
+        again.counterfactual_attention(attentions), BAP3D.counterfactual_attention(_reseeded(bap, again), attentions)
+    )
+
+
+def _reseeded(bap: BAP3D, like: BAP3D) -> BAP3D:
+    bap.counterfactual = like.counterfactual
+    torch.manual_seed(0)
+    bap.generator = BAP3D().generator
+    return bap
 
 
 def test_shuffle_with_a_batch_of_one_permutes_voxels():
@@ -125,12 +164,11 @@ def test_train_mode_returns_factual_and_effect_logits():
     assert set(out) == {"logits", "effect"}
     assert out["logits"].shape == out["effect"].shape == (2, 3)
     # the effect is Y(A) - Y(Ā): recompute Y(Ā) from the same features with the same random draw
-    torch.manual_seed(1)
+    state = net.bap.generator.get_state()
     out = net(x)
     features = net.backbone(x)
     attentions = net.attention(features)
-    torch.manual_seed(1)
-    fake = counterfactual_attention(attentions, "random")
+    fake = counterfactual_attention(attentions, "random", torch.Generator().set_state(state))
     expected = out["logits"] - net.classify(net.bap.pool_features(features, fake))
     torch.testing.assert_close(out["effect"], expected, rtol=1e-4, atol=1e-4)
 

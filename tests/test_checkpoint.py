@@ -20,7 +20,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 import scripts.checkpoint as checkpoint_module
-from scripts.checkpoint import AtomicCheckpointSaver, TrainingCheckpoint, atomic_save
+from scripts.checkpoint import AtomicCheckpointSaver, RandomStates, TrainingCheckpoint, atomic_save
 from tests.conftest import ROOT
 
 
@@ -329,8 +329,6 @@ def test_resume_with_another_batch_size_is_refused(tmp_path):
 def test_random_states_round_trip():
     from monai.transforms import Compose, RandFlipd, RandScaleIntensityd
 
-    from scripts.checkpoint import RandomStates
-
     transform = Compose([RandFlipd("x", prob=0.5), RandScaleIntensityd("x", factors=0.5, prob=0.5)])
     loader = torch.utils.data.DataLoader(monai_dataset(transform), batch_size=1)
     states = RandomStates(loader)
@@ -360,3 +358,17 @@ def _roundtrip(obj):
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_random_states_include_the_counterfactual_generator():
+    """A resumed CAL run draws the same counterfactual attention as the uninterrupted one."""
+    from scripts.cal_net import CALNet
+
+    net = CALNet(num_classes=2, spatial_size=16, backbone="resnet", backbone_kwargs={"depth": 10, "widen_factor": 0.25})
+    states = RandomStates(network=torch.nn.parallel.DataParallel(net))
+    saved = states.state_dict()
+    assert set(saved["generators"]) == {"network.bap"}
+    attentions = torch.rand(2, 4, 2, 2, 2)
+    first = net.train().bap.counterfactual_attention(attentions)
+    states.load_state_dict(saved)
+    torch.testing.assert_close(net.bap.counterfactual_attention(attentions), first)
