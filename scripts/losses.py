@@ -22,10 +22,11 @@ class CenterLoss(nn.Module):
     """
     Centre loss with moving-average class centres, as in the original CAL/WS-DAN code: with centres C
     (num_classes, K), for feature matrices f (B, K) and labels y (B,), the loss is
-    ``sum((f - normalize(C[y]))**2) / B`` and, in training, every case then moves its class centre:
-    ``C[y] += beta * (f.detach() - normalize(C[y]))`` (contributions of cases of the same class add up). The
-    centres start at zero and are created on the first call (K is the feature size); they are a buffer, saved
-    with the loss's state.
+    ``sum((f - normalize(C[y]))**2) / B`` and, in training, the centres then move:
+    ``C[y] += beta * (f.detach() - normalize(C[y]))``, an indexed assignment in the original, so that each class
+    present in the batch takes one step per training step, from its last case in the batch (cases of the same class
+    do not add up). The centres start at zero and are created on the first call (K is the feature size); they are
+    a buffer, saved with the loss's state.
 
     Args:
         num_classes: number of classes.
@@ -47,7 +48,13 @@ class CenterLoss(nn.Module):
         loss = ((features - batch_centers) ** 2).sum() / features.shape[0]
         if self.training:
             with torch.no_grad():
-                self.centers.index_add_(0, target, self.beta * (features.detach() - batch_centers))
+                # the last case of each class present: what ``C[y] += ...`` with repeated indices writes
+                positions = torch.arange(target.numel(), device=target.device)
+                last = torch.full((self.num_classes,), -1, device=target.device, dtype=torch.long)
+                last = last.scatter_reduce(0, target, positions, reduce="amax")
+                rows = last[last >= 0]
+                step = self.beta * (features.detach()[rows] - batch_centers[rows])
+                self.centers[target[rows]] += step
         return loss
 
 

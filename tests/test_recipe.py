@@ -173,10 +173,10 @@ def test_center_loss_value_and_moving_average_update():
     c0 = torch.tensor([0.15, 0.2]) + 0.05 * (torch.tensor([1.0, 1.0]) - torch.tensor([0.6, 0.8]))
     c1 = torch.tensor([0.0, 0.1]) + 0.05 * (torch.tensor([0.0, 0.0]) - torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(loss_fn.centers, torch.stack([c0, c1]))
-    # two cases of one class both move its centre
-    loss_fn = CenterLoss(num_classes=1, beta=0.5)
-    loss_fn(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
-    torch.testing.assert_close(loss_fn.centers, torch.tensor([[0.5, 0.5]]))
+    # as the original's indexed assignment C[y] += ...: one step per class, from the class's last case in the batch
+    loss_fn = CenterLoss(num_classes=2, beta=0.5)
+    loss_fn(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]), torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(loss_fn.centers, torch.tensor([[0.0, 0.5], [1.0, 1.0]]))
 
 
 def test_center_loss_in_cal_loss_needs_num_classes():
