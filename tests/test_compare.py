@@ -15,7 +15,17 @@ import statistics
 
 import pytest
 
-from scripts.tools.compare import COMPARISONS, METRICS, ROWS, best_epoch, main, paired, summarize, write_markdown
+from scripts.tools.compare import (
+    COMPARISONS,
+    DEFAULT_ROWS,
+    METRICS,
+    ROWS,
+    best_epoch,
+    main,
+    paired,
+    summarize,
+    write_markdown,
+)
 from tests.conftest import TINY_OVERRIDES
 
 SWITCHES = ("cal", "center_loss_weight", "attention_augment", "tta")
@@ -36,23 +46,36 @@ def binary_dataset(tiny_dataset, tmp_path_factory):
 
 
 def test_every_row_sets_every_switch():
-    assert list(ROWS) == ["baseline", "baseline_recipe", "cal", "cal_recipe"]
+    assert DEFAULT_ROWS == ["baseline", "baseline_recipe", "cal", "cal_recipe", "cal_no_effect", "cal_recipe_no_effect"]
     for _, overrides in ROWS.values():
         assert set(SWITCHES) <= set(overrides)
     # baseline + recipe is CAL + recipe without the counterfactual
     assert {**ROWS["baseline_recipe"][1], "cal": True} == ROWS["cal_recipe"][1]
     assert ("cal_recipe", "baseline_recipe") in COMPARISONS
+    # the counterfactual alone: each CAL row against the same row with the effect term at weight 0
+    for row in ("cal", "cal_recipe"):
+        assert {**ROWS[row][1], "effect_weight": 0.0} == ROWS[f"{row}_no_effect"][1]
+        assert (row, f"{row}_no_effect") in COMPARISONS
+    # every variant differs from the seed's CAL in one setting and is compared with it
+    for row in ("cal_shuffle", "cal_reversed", "cal_sparse", "cal_sgd"):
+        assert (row, "cal") in COMPARISONS
+        assert {k: v for k, v in ROWS[row][1].items() if ROWS["cal"][1].get(k) != v}.keys() <= {
+            "counterfactual",
+            "optimizer",
+            "lr_scheduler",
+        }
 
 
 @pytest.mark.slow
 def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
     out = tmp_path / "cmp"
+    rows = ["baseline", "baseline_recipe", "cal", "cal_recipe", "cal_no_effect"]
     argv = ["--dataset_dir", str(binary_dataset), "--output_dir", str(out), "--seeds", "2", "--title", "tiny",
-            "--config", "configs/synthetic_attention.json", "--",
+            "--rows", ",".join(rows), "--config", "configs/synthetic_attention.json", "--",
             "--epochs", "1", "--num_classes", "2", "--class_names", "['even','odd']", *TINY_OVERRIDES]  # fmt: skip
     main(argv)
     runs = list(csv.DictReader(open(out / "runs.csv")))
-    assert [(r["row"], r["seed"]) for r in runs] == [(row, str(seed)) for seed in (0, 1) for row in ROWS]
+    assert [(r["row"], r["seed"]) for r in runs] == [(row, str(seed)) for seed in (0, 1) for row in rows]
     for run in runs:
         run_dir = out / run["row"] / f"seed{run['seed']}"
         assert (run_dir / "models" / "model.pt").is_file() and (run_dir / "predictions.csv").is_file()
@@ -66,6 +89,9 @@ def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
             json.loads((run_dir / "validation" / "metrics.json").read_text())["auc_macro"]
         )
         assert run["best_epoch"] == "1"
+        # the attention and counterfactual probes of the test split
+        assert 0 <= float(run["attention_mass"]) <= 1 and 0 < float(run["crop_share"]) <= 1
+        assert -1 <= float(run["cos_counterfactual"]) <= 1 and float(run["cf_margin_sd"]) >= 0
     # each row ran its own settings, and says how to repeat it with the bundle's command line
     baseline = (out / "baseline/seed0/commands.sh").read_text()
     for option in ("--cal False", "--center_loss_weight 0.0", "--attention_augment False", "--tta False"):
@@ -80,13 +106,15 @@ def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
     assert '"--validate#dataset#data" @val_datalist' in recipe and '"--data_check#splits" "[\'validation\']"' in recipe
     assert "Epoch[1] Complete" in (out / "cal_recipe/seed1/train.log").read_text()
     summary = {r["row"]: r for r in csv.DictReader(open(out / "comparison.csv"))}
-    assert set(summary) == set(ROWS)
+    assert set(summary) == set(rows)
     for row, entry in summary.items():
         values = [float(r["auc_macro"]) for r in runs if r["row"] == row]
         assert float(entry["auc_macro_mean"]) == pytest.approx(statistics.mean(values))
         assert float(entry["auc_macro_std"]) == pytest.approx(statistics.stdev(values))
     differences = list(csv.DictReader(open(out / "paired.csv")))
-    assert {(d["row"], d["reference"]) for d in differences} == set(COMPARISONS)
+    assert {(d["row"], d["reference"]) for d in differences} == {
+        (row, reference) for row, reference in COMPARISONS if row in rows and reference in rows
+    }
     for d in differences:
         assert int(d["n"]) == 2
         key = d["metric"]
@@ -96,7 +124,8 @@ def test_compare_trains_evaluates_and_tabulates(binary_dataset, tmp_path):
     table = (out / "comparison.md").read_text()
     assert all(name in table for name in METRICS.values()) and "CAL + recipe" in table and "±" in table
     assert "baseline + recipe (CAL off)" in table and "paired difference" in table and "Wilcoxon" in table
-    assert "macro F1, val threshold" in table
+    assert "macro F1, val threshold" in table and "| CAL, effect weight 0 |" in table
+    assert "attention mass in structure" in table and "crop box share" in table
     assert (out / "comparison.png").stat().st_size > 1000
     assert (out / "command.txt").read_text().startswith("python -m scripts.tools.compare")
     # a second call reuses the finished runs instead of training or evaluating again

@@ -53,6 +53,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .counterfactual_probe import PROBES
+
 __all__ = [
     "ROWS",
     "COMPARISONS",
@@ -77,20 +79,47 @@ EVALUATE = ["configs/evaluate.json"]  # merged on TRAIN (and on the extra config
 RECIPE = {"center_loss_weight": 1.0, "attention_augment": True, "tta": True}
 NO_RECIPE = {"center_loss_weight": 0.0, "attention_augment": False, "tta": False}
 # Row name -> (label, overrides). Every row sets every switch: train.json's defaults are the released recipe.
+# The original optimiser (DESIGN.md section 1): SGD, momentum 0.9, weight decay 1e-5, lr x 0.9 every 2 epochs.
+ORIGINAL_OPTIMISER = {
+    "optimizer": {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": "@learning_rate",
+                  "momentum": 0.9, "weight_decay": 1e-5},
+    "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.StepLR", "optimizer": "@optimizer", "step_size": 2,
+                     "gamma": 0.9},
+}  # fmt: skip
+# Row name -> (label, overrides). Every row sets every switch, so that no row depends on train.json's defaults. The
+# "no effect" rows are CAL with the effect term at weight 0: the same loss terms and weights, the same random draws
+# (the counterfactual draws from its own generator), so CAL minus its "no effect" row is the counterfactual alone.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "baseline": ("baseline (CAL off)", {"cal": False, **NO_RECIPE}),
     "baseline_recipe": ("baseline + recipe (CAL off)", {"cal": False, **RECIPE}),
     "cal": ("CAL (seed recipe)", {"cal": True, **NO_RECIPE}),
     "cal_recipe": ("CAL + recipe", {"cal": True, **RECIPE}),
+    "cal_no_effect": ("CAL, effect weight 0", {"cal": True, **NO_RECIPE, "effect_weight": 0.0}),
+    "cal_recipe_no_effect": ("CAL + recipe, effect weight 0", {"cal": True, **RECIPE, "effect_weight": 0.0}),
+    # variants of the seed's CAL: other counterfactuals, the original optimiser
+    "cal_shuffle": ("CAL, shuffled counterfactual", {"cal": True, **NO_RECIPE, "counterfactual": "shuffle"}),
+    "cal_reversed": ("CAL, reversed counterfactual", {"cal": True, **NO_RECIPE, "counterfactual": "reversed"}),
+    "cal_sparse": ("CAL, sparse counterfactual", {"cal": True, **NO_RECIPE, "counterfactual": "sparse"}),
+    "cal_sgd": ("CAL, original optimiser (SGD)", {"cal": True, **NO_RECIPE, **ORIGINAL_OPTIMISER}),
 }
+# The rows a comparison runs unless --rows says otherwise.
+DEFAULT_ROWS = ["baseline", "baseline_recipe", "cal", "cal_recipe", "cal_no_effect", "cal_recipe_no_effect"]
 # What a run was selected on: its validation macro AUC (the checkpoint's, on the validation split) and its epoch.
 SELECTION = ["val_auc_macro", "best_epoch"]
-# Paired comparisons (row, reference): every row against the baseline, and CAL's effect within the recipe.
+# Paired comparisons (row, reference): every row against the baseline, the counterfactual alone (CAL against the
+# same loss with the effect at weight 0), CAL's effect within the recipe, and each variant against the seed's CAL.
 COMPARISONS: list[tuple[str, str]] = [
     ("baseline_recipe", "baseline"),
     ("cal", "baseline"),
     ("cal_recipe", "baseline"),
+    ("cal_no_effect", "baseline"),
+    ("cal", "cal_no_effect"),
+    ("cal_recipe", "cal_recipe_no_effect"),
     ("cal_recipe", "baseline_recipe"),
+    ("cal_shuffle", "cal"),
+    ("cal_reversed", "cal"),
+    ("cal_sparse", "cal"),
+    ("cal_sgd", "cal"),
 ]
 METRICS = {
     "accuracy": "accuracy",
@@ -103,8 +132,18 @@ THRESHOLD_METRICS = {
     "balanced_accuracy_thr": "balanced accuracy, val threshold",
     "f1_macro_thr": "macro F1, val threshold",
 }
+# The attention and counterfactual figures of each run (scripts.tools.counterfactual_probe).
+PROBE_NAMES = {
+    "attention_mass": "attention mass in structure",
+    "crop_share": "crop box share",
+    "cos_counterfactual": "cos(f, f_cf)",
+    "cf_margin_sd": "counterfactual margin sd",
+}
 # The metrics of the paired-difference table.
-PAIRED_METRICS = ["auc_macro", "f1_macro", "balanced_accuracy", "f1_macro_thr", "balanced_accuracy_thr"]
+PAIRED_METRICS = ["auc_macro", "f1_macro", "balanced_accuracy", "f1_macro_thr", "balanced_accuracy_thr",
+                  "val_auc_macro", "attention_mass"]  # fmt: skip
+# Names of the paired table's columns that are not test metrics: what a variant is chosen on.
+SELECTION_NAMES = {"val_auc_macro": "val macro AUC", "attention_mass": "attention mass in structure"}
 # Evaluating on the validation split instead of the test split (configs/evaluate.json reads validate#dataset#data).
 VALIDATION_SPLIT = {"validate#dataset#data": "@val_datalist", "data_check#splits": ["validation"]}
 
@@ -215,6 +254,7 @@ def run_one(
     Steps already done are not repeated: ``result.json`` marks a trained and tested run, ``validation/`` its
     validation predictions.
     """
+    from .counterfactual_probe import probe_run
     from .thresholds import validation_threshold_metrics
 
     run_dir = output_dir / row / f"seed{seed}"
@@ -248,13 +288,17 @@ def run_one(
     if not (val_dir / "predictions.csv").is_file() or "val_eval_s" not in result:
         result["val_eval_s"] = _bundle("evaluating", eval_files, on_validation, run_dir / "evaluate_validation.log")
         result_file.write_text(json.dumps(result, indent=2))
+    if any(key not in result for key in PROBES):  # attention and counterfactual figures on the test split
+        result.update(probe_run(run_dir / "models" / "model.pt", dataset_dir, common, train_files))
+        result_file.write_text(json.dumps(result, indent=2))
     thresholded = validation_threshold_metrics(val_dir / "predictions.csv", run_dir / "predictions.csv")
     result["val_auc_macro"] = json.loads((val_dir / "metrics.json").read_text())["auc_macro"]
     result["best_epoch"] = best_epoch(run_dir / "train.log")
     result["threshold"] = None if thresholded is None else thresholded["threshold"]
     for key in ("accuracy", "balanced_accuracy", "f1_macro"):
         result[f"{key}_thr"] = None if thresholded is None else thresholded[key]
-    order = ["row", "seed", *METRICS, "threshold", "accuracy_thr", *THRESHOLD_METRICS, *SELECTION, "train_s", "eval_s"]
+    order = ["row", "seed", *METRICS, "threshold", "accuracy_thr", *THRESHOLD_METRICS, *SELECTION, *PROBES, "train_s",
+             "eval_s"]  # fmt: skip
     return {key: result[key] for key in order + ["val_eval_s"]}
 
 
@@ -282,8 +326,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
 
 def _pairs(results: Sequence[dict], row: str, reference: str, key: str) -> tuple[list, list]:
     """``key`` of ``row`` and of ``reference`` for the seeds that both have, in seed order."""
-    treated = {r["seed"]: r[key] for r in results if r["row"] == row}
-    base = {r["seed"]: r[key] for r in results if r["row"] == reference}
+    treated = {r["seed"]: r.get(key) for r in results if r["row"] == row}
+    base = {r["seed"]: r.get(key) for r in results if r["row"] == reference}
     seeds = sorted(set(treated) & set(base))
     return [treated[s] for s in seeds], [base[s] for s in seeds]
 
@@ -333,6 +377,8 @@ def summarize(results: Sequence[dict], rows: Sequence[str], differences: Sequenc
         for key in [*METRICS, *THRESHOLD_METRICS, "threshold"]:
             entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r[key] for r in runs])
         entry["val_auc_macro_mean"], entry["val_auc_macro_std"] = _mean_std([r.get("val_auc_macro") for r in runs])
+        for key in PROBES:
+            entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([r.get(key) for r in runs])
         epochs = _known([r.get("best_epoch") for r in runs])
         entry["best_epoch_median"] = statistics.median(epochs) if epochs else math.nan
         entry["train_min_mean"] = sum(r["train_s"] for r in runs) / len(runs) / 60
@@ -371,9 +417,17 @@ def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: P
         cells += [f"{s['val_auc_macro_mean']:.3f} ± {s['val_auc_macro_std']:.3f}", f"{s['best_epoch_median']:g}"]
         times = f" | {s['train_min_mean']:.1f} | {s['eval_min_mean']:.1f} |"
         lines.append(f"| {s['label']} | {s['seeds']} | " + " | ".join(cells) + times)
+    lines += ["", "| row | " + " | ".join(PROBE_NAMES.values()) + " |", "|" + " --- |" * (len(PROBE_NAMES) + 1)]
+    for s in summary:
+        cells = [f"{s[f'{k}_mean']:.3f} ± {s[f'{k}_std']:.3f}" for k in PROBE_NAMES]
+        lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
     metrics = [k for k in PAIRED_METRICS if any(d["metric"] == k for d in differences)]
     if differences:
-        header = "| paired difference (same seed), mean [95% CI] p | " + " | ".join(_names()[k] for k in metrics) + " |"
+        header = (
+            "| paired difference (same seed), mean [95% CI] p | "
+            + " | ".join({**_names(), **SELECTION_NAMES}[k] for k in metrics)
+            + " |"
+        )
         lines += ["", header]
         lines.append("|" + " --- |" * (len(metrics) + 1))
         for comparison in dict.fromkeys(d["comparison"] for d in differences):
@@ -395,6 +449,14 @@ def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: P
             "the smallest p is 2/2^n, 0.0625 for 5 seeds: 6 or more seeds are needed to go below 0.05). Student-t "
             "intervals and paired t-test p-values are in paired.csv.",
         ]
+    lines += [
+        "",
+        "Attention and counterfactual, on the test split (scripts.tools.counterfactual_probe): attention mass in "
+        "structure, the share of the attention map inside the foreground (voxels above 0); crop box share, the "
+        "volume share of the test-time crop box (threshold 0.1); cos(f, f_cf), the cosine between the feature matrix "
+        "under the learned and under the run's counterfactual attention; counterfactual margin sd, the spread over "
+        "cases of Y(counterfactual)'s true-class margin.",
+    ]
     lines += [
         "",
         "Val macro AUC: the kept checkpoint's macro AUC on the validation split, what a recipe is chosen on. Best "
@@ -461,7 +523,7 @@ def compare(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     seeds: int = 3,
-    rows: Sequence[str] = tuple(ROWS),
+    rows: Sequence[str] = tuple(DEFAULT_ROWS),
     first_seed: int = 0,
     overrides: Sequence[str] | dict[str, Any] = (),
     title: str = "",
@@ -548,7 +610,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="number of seeds per row (default 3; the Wilcoxon test needs 6 or more to reach p < 0.05)",
     )
     parser.add_argument("--first_seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, from {list(ROWS)}")
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated rows (default {DEFAULT_ROWS}), from {list(ROWS)}",
+    )
     parser.add_argument("--title", default="", help="title of the table and the plot")
     parser.add_argument(
         "--config",
