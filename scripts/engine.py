@@ -13,7 +13,7 @@ import torch
 
 from .errors import stop
 
-__all__ = ["split_metrics", "read_switches", "optional_items", "use_deterministic_algorithms"]
+__all__ = ["split_metrics", "read_switches", "optional_items", "use_deterministic_algorithms", "set_num_threads"]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "null", "")
@@ -66,3 +66,24 @@ def use_deterministic_algorithms(enabled: bool) -> None:
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+
+
+def set_num_threads(num_threads: int | str | None) -> int:
+    """
+    Pin PyTorch's intra-op thread count (``torch.set_num_threads``: the OpenMP, MKL and oneDNN threads that CPU
+    kernels split their work across) to ``num_threads``, whatever ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` or the
+    number of cores say. How a CPU kernel splits a sum between threads changes its rounding, so a pinned count lets
+    one seed train the same weights on any machine. ``0`` or ``None`` leave PyTorch's default (the environment's
+    setting, else one thread per core). Returns the thread count in effect.
+    """
+    text = str(num_threads).strip().lower()
+    text = "0" if text in ("none", "null") else text
+    if isinstance(num_threads, bool) or not text.isdigit():
+        stop(
+            f"--num_threads {num_threads!r}",
+            "not a thread count",
+            "use a whole number >= 1, or 0 for PyTorch's default",
+        )
+    if int(text) > 0:
+        torch.set_num_threads(int(text))
+    return torch.get_num_threads()
