@@ -42,7 +42,6 @@ Run it from the bundle's folder, in an environment with ``monailabel``::
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -55,17 +54,24 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections import Counter
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import monailabel
 import numpy as np
 import torch
-from fastapi import HTTPException
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+from fastapi.routing import APIRoute
 from monai.bundle import ConfigParser
+from monai.metrics import compute_roc_auc
+from monai.networks.utils import one_hot
 from monai.transforms import Compose
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
+from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -81,6 +87,18 @@ logger = logging.getLogger(__name__)
 BUNDLE_ROOT = Path(__file__).resolve().parents[3]
 LABEL_KEY = "label"  # the image-info key holding a volume's class (index), as in the bundle's datalists
 CLASS_NAME_KEY = "class_name"
+# the volume formats the datastore stores: one file per volume (no .mhd + .raw pairs, no DICOM series of slices)
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("true", "1", "yes"):
+        return True
+    if str(value).strip().lower() in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"{what} {value!r}: give true or false.")
 
 
 def _use_bundle_scripts(bundle: Path) -> None:
@@ -125,6 +143,11 @@ class BundleSettings:
         if not 0 < self.val_split < 1:
             raise ValueError(f"--conf val_split {self.val_split}: give a share between 0 and 1, e.g. 0.2.")
         self.epochs = int(conf["epochs"]) if conf.get("epochs") else None
+        self.from_scratch = _flag(conf.get("from_scratch", "false"), "--conf from_scratch")
+        self.min_gain = float(conf.get("min_gain", "0"))
+        self.min_val_per_class = int(conf.get("min_val_per_class", "5"))
+        if not math.isfinite(self.min_gain) or self.min_val_per_class < 1:
+            raise ValueError("--conf min_gain must be a number and --conf min_val_per_class at least 1.")
         meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
         # the model's id in MONAI Label's URLs: the metadata's display name as an identifier ("cal_3d_classification")
         self.name = re.sub(r"\W+", "_", str(meta.get("name", self.bundle.name))).strip("_").lower()
@@ -216,15 +239,86 @@ def screen_image(path: str, in_channels: int, what: str) -> None:
         raise HTTPException(status_code=status, detail=f"{what}: {error}")
 
 
+def image_extension(name: str) -> str | None:
+    """The volume format of a file name (one of :data:`IMAGE_EXTENSIONS`), or None."""
+    return next((e for e in IMAGE_EXTENSIONS if name.endswith(e)), None)
+
+
+def check_plain_name(value: str, what: str) -> None:
+    """HTTP 400 unless ``value`` is a plain name: no folder part, not ``.``/``..``, so that it stays in its folder."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
+        raise HTTPException(
+            status_code=400,
+            detail=f"{what} {value!r} is not a plain name: the datastore keeps every volume in its studies folder, so an "
+            f"id may not contain '/' or '\\', be '.' or '..', or start or end with a space. Fix: give a name such as "
+            f"'case001'.",
+        )
+
+
 class ClassLabelDatastore(LocalDatastore):
     """
     MONAI Label's local datastore where a volume's class is its image info ``label`` (index; ``class_name`` is added):
     a volume with a class is labelled, and a class that is not one of the model's is refused with HTTP 422.
+
+    It stays inside its studies folder: an image id, label tag or file that would resolve outside it is refused with
+    HTTP 400, a file that is not a volume (:data:`IMAGE_EXTENSIONS`, then the bundle's input screening) with 415 or 422,
+    before anything is written or deleted.
     """
 
     def __init__(self, *args: Any, settings_: BundleSettings, **kwargs: Any) -> None:
         self.settings = settings_
         super().__init__(*args, **kwargs)
+
+    def _inside(self, folder: str, name: str, what: str) -> str:
+        """``folder/name`` when it resolves to a file directly in ``folder`` (no link out of it); else HTTP 400."""
+        check_plain_name(name, what)
+        base = os.path.realpath(folder)
+        path = os.path.realpath(os.path.join(base, name))
+        if os.path.dirname(path) != base:
+            raise HTTPException(
+                status_code=400,
+                detail=f"{what} {name!r} resolves to {path}, outside the datastore's folder {base}. Fix: give a plain "
+                f"name such as 'case001'.",
+            )
+        return path
+
+    def _volume_extension(self, filename: str, what: str) -> str:
+        ext = image_extension(filename)
+        if ext is None:
+            raise HTTPException(
+                status_code=415,
+                detail=f"{what} {os.path.basename(filename)!r}: not a volume file this datastore stores. Fix: send one "
+                f"of {', '.join(IMAGE_EXTENSIONS)} (convert a DICOM series or an .mhd/.raw pair to one of them first).",
+            )
+        return ext
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        ext = self._volume_extension(image_filename, "uploaded file")
+        image_id = image_id or os.path.basename(image_filename)[: -len(ext)]
+        check_plain_name(image_id, "image id")
+        self._inside(self._datastore.image_path(), image_id + ext, "image id")
+        screen_image(image_filename, self.settings.in_channels, f"uploaded file for image '{image_id}'")
+        return super().add_image(image_id, image_filename, image_info)
+
+    def remove_image(self, image_id: str) -> None:
+        self._inside(self._datastore.image_path(), image_id, "image id")
+        if image_id not in self._datastore.objects:
+            raise HTTPException(status_code=404, detail=_unknown_image(image_id))
+        super().remove_image(image_id)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        check_plain_name(label_tag, "label tag")
+        ext = self._volume_extension(label_filename, "label file")
+        if image_id not in self._datastore.objects:
+            raise HTTPException(status_code=404, detail=_unknown_image(image_id))
+        check_plain_name(image_id, "image id")
+        self._inside(self._datastore.label_path(label_tag), image_id + ext, "image id")
+        return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_plain_name(label_tag, "label tag")
+        self._inside(self._datastore.label_path(label_tag), label_id, "label id")
+        super().remove_label(label_id, label_tag)
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         if image_id not in self.list_images():
@@ -264,6 +358,9 @@ def _unknown_image(image_id: str) -> str:
         f"image '{image_id}' is not in the datastore. Fix: use an id listed by GET /datastore/?output=all, upload "
         f"the volume first (PUT /datastore/image?image={image_id}), or send the file itself with the request."
     )
+
+
+RESULT_PREFIX = "cal_attention_result_"
 
 
 class _RequestState(threading.local):
@@ -361,16 +458,14 @@ class ClassificationBundleInferTask(BasicInferTask):
         return self._attention_file(), result
 
     def _attention_file(self) -> str | None:
-        """The attention NIfTI that the bundle's SaveImaged wrote, moved out of the request's folder."""
+        """The attention NIfTI that the bundle's SaveImaged wrote (``<case>_attention.nii.gz``, the case named after the
+        upload or the image id), moved out of the request's folder into a folder of its own, under the same name."""
         written = sorted(Path(self._state.output_dir).glob("*.nii*"))
         if not written:
             return None  # a network without attention maps (the tabular-only model)
-        suffix = "".join(written[0].suffixes[-2:]) if written[0].name.endswith(".nii.gz") else written[0].suffix
-        stem = written[0].name[: -len(suffix)]
-        handle, target = tempfile.mkstemp(prefix=f"{stem}_", suffix=suffix)
-        os.close(handle)
+        target = Path(tempfile.mkdtemp(prefix=RESULT_PREFIX)) / written[0].name
         shutil.move(str(written[0]), target)
-        return target
+        return str(target)
 
     def probabilities(self, image: str, device: str = "cpu") -> np.ndarray:
         """The class probabilities of one volume (the bundle's preprocessing, network and softmax), for strategies."""
@@ -453,29 +548,97 @@ class UncertaintyStrategy(Strategy):
         return best
 
 
-def split_validation(labels: dict[str, int], share: float, seed: int = 0) -> tuple[list[str], list[str]]:
+def _validation_count(count: int, share: float) -> int:
+    return int(share * count + 0.5)
+
+
+def plan_split(
+    labels: dict[str, int], class_names: list[str], share: float, min_val_per_class: int, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """
-    Training and validation image ids: ``share`` of the volumes (at least one) for validation, taken class by class
-    in turn, never a class's last volume, so that every class stays in training. Deterministic for a given set.
+    Training and validation image ids, split class by class: ``share`` of each class's volumes (rounded) for
+    validation, the rest for training; deterministic for a given set. Raises ``ValueError`` whose message starts with
+    the labelled volumes per class when fewer than two classes are labelled, or when a class would get fewer than
+    ``min_val_per_class`` validation volumes or no training volume (a validation set too small to tell whether a new
+    model is at least as good as the served one): the message says how many volumes per class it needs.
     """
-    rng = random.Random(seed)
     groups: dict[int, list[str]] = {}
     for image_id in sorted(labels):
         groups.setdefault(labels[image_id], []).append(image_id)
-    for ids in groups.values():
-        rng.shuffle(ids)
-    wanted = max(1, round(share * len(labels)))
+    counts = "labelled volumes per class: " + ", ".join(
+        f"{name} {len(groups.get(i, []))}" for i, name in enumerate(class_names)
+    )
+    if len(groups) < 2:
+        raise ValueError(
+            f"{counts}. Training needs volumes of at least 2 classes. Fix: set the class of volumes of the other "
+            f'classes (PUT /datastore/image/info?image=<id> with info={{"label": <class>}}).'
+        )
+    short = {
+        c: ids for c, ids in groups.items() if not min_val_per_class <= _validation_count(len(ids), share) < len(ids)
+    }
+    if short:
+        need = next(n for n in range(2, 100000) if min_val_per_class <= _validation_count(n, share) < n)
+        given = ", ".join(f"{class_names[c]} {_validation_count(len(ids), share)}" for c, ids in sorted(short.items()))
+        raise ValueError(
+            f"{counts}. Validation share {share} gives too few validation volumes per class ({given}): deciding whether "
+            f"the new model is at least as good as the served one needs {min_val_per_class} per class, and one more for "
+            f"training. Fix: label at least {need} volumes of each class, or raise val_split (--conf "
+            f"min_val_per_class sets the minimum)."
+        )
+    rng = random.Random(seed)
+    training: list[str] = []
     validation: list[str] = []
-    while len(validation) < wanted:
-        takers = [c for c in sorted(groups) if len(groups[c]) > 1]
-        if not takers:
-            break
-        for c in takers[: wanted - len(validation)]:
-            validation.append(groups[c].pop())
-    if not validation and len(labels) > 1:  # one volume per class: the largest class gives one anyway
-        validation.append(groups[max(groups, key=lambda c: len(groups[c]))].pop())
-    training = [i for ids in groups.values() for i in ids]
+    for c in sorted(groups):
+        ids = groups[c]
+        rng.shuffle(ids)
+        k = _validation_count(len(ids), share)
+        validation += ids[:k]
+        training += ids[k:]
     return sorted(training), sorted(validation)
+
+
+def train_options(request: dict[str, Any], settings_: BundleSettings) -> dict[str, Any]:
+    """The options of a ``/train`` request over the ``--conf`` defaults; ``ValueError`` names a bad one."""
+    epochs = request.get("max_epochs") or request.get("epochs") or settings_.epochs
+    share = request.get("val_split") or settings_.val_split
+    try:
+        epochs = int(epochs) if epochs else None
+        share = float(share)
+        min_gain = float(request.get("min_gain", settings_.min_gain))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"max_epochs {epochs!r}, val_split {share!r}, min_gain {request.get('min_gain')!r}: give an integer, a "
+            f"share between 0 and 1 and a number."
+        ) from None
+    if (epochs is not None and epochs < 1) or not 0 < share < 1 or not math.isfinite(min_gain):
+        raise ValueError(f"max_epochs {epochs}, val_split {share}, min_gain {min_gain}: give max_epochs >= 1, "
+                         f"0 < val_split < 1 and a finite min_gain.")  # fmt: skip
+    from_scratch = _flag(request.get("from_scratch", settings_.from_scratch), "from_scratch")
+    return {"epochs": epochs, "val_split": share, "min_gain": min_gain, "from_scratch": from_scratch}
+
+
+def evaluate_weights(settings_: BundleSettings, weights: Path, items: list[dict[str, Any]]) -> dict[str, float]:
+    """Macro ROC AUC (over the classes present) and accuracy of ``weights`` on labelled ``items`` with the bundle's
+    inference preprocessing and network, what ``/infer`` would answer."""
+    network = load_network(settings_, weights, "cpu")
+    preprocessing = settings_.parser("inference.json").get_parsed_content("preprocessing")
+    probs = []
+    with torch.no_grad():
+        for item in items:
+            image = torch.as_tensor(preprocessing({"image": item["image"]})["image"])
+            probs.append(torch.softmax(network(image[None]).float(), dim=1)[0])
+    y_pred = torch.stack(probs)
+    y = torch.tensor([item["label"] for item in items])
+    present = sorted(set(y.tolist()))
+    onehot = one_hot(y[:, None], num_classes=settings_.num_classes, dim=1)
+    auc = float(compute_roc_auc(y_pred[:, present], onehot[:, present], average="macro"))
+    finite = bool(torch.isfinite(y_pred).all())
+    accuracy = float((y_pred.argmax(dim=1) == y).float().mean())
+    return {"auc": auc if finite else float("nan"), "accuracy": accuracy if finite else float("nan")}
+
+
+def _figures(scores: dict[str, float]) -> str:
+    return f"macro AUC {scores['auc']:.4f}, accuracy {scores['accuracy']:.4f}"
 
 
 class BundleTrainingTask(TrainTask):
@@ -483,8 +646,10 @@ class BundleTrainingTask(TrainTask):
     ``/train``: the labelled volumes of the datastore as a datalist (``training`` / ``validation``, class names under
     ``labels``), then the bundle's training workflow on it in a subprocess (``python -m monai.bundle run training``
     with configs/train.json, the app's extra configs and overrides): its data check first, its log as progress.
-    Weights go to ``<app>/model/<name>/train/``; the best ``model.pt`` is published one level up when it succeeds.
-    Request parameters: ``max_epochs`` (or ``epochs``), ``val_split``.
+    It starts from the served weights (fine-tuning) unless ``from_scratch``. Weights go to ``<app>/model/<name>/train/``;
+    the best ``model.pt`` is published one level up only if its macro AUC on the validation volumes is at least the
+    served weights' (plus ``min_gain``); both figures end the task's log. Request parameters: ``max_epochs`` (or
+    ``epochs``), ``val_split``, ``from_scratch``, ``min_gain``.
     """
 
     def __init__(self, settings_: BundleSettings) -> None:
@@ -492,23 +657,38 @@ class BundleTrainingTask(TrainTask):
         self.settings = settings_
 
     def config(self) -> dict[str, Any]:
-        return {"max_epochs": self.settings.epochs or 0, "val_split": self.settings.val_split}
+        return {
+            "max_epochs": self.settings.epochs or 0,
+            "val_split": self.settings.val_split,
+            "from_scratch": self.settings.from_scratch,
+            "min_gain": self.settings.min_gain,
+        }
 
     def stats(self) -> dict[str, Any]:
         path = self.settings.model_dir / "train_stats.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def __call__(self, request, datastore: Datastore):
+    def plan(self, request: dict[str, Any], datastore: Datastore) -> tuple[dict[str, Any], dict[str, int], list, list]:
+        """The options, the classes and the split of a request; ``ValueError`` (message: class counts first) when
+        training cannot start or its validation could not decide."""
         if not isinstance(datastore, ClassLabelDatastore):
-            raise RuntimeError("training needs the app's local datastore (the classes are its image info).")
+            raise ValueError("training needs the app's local datastore (the classes are its image info).")
+        options = train_options(request, self.settings)
         labels = datastore.class_labels()
-        if len(labels) < 2:
-            raise RuntimeError(
-                f"training needs at least 2 volumes with a class; the datastore has {len(labels)}. Fix: set classes "
-                f'with PUT /datastore/image/info?image=<id> and info={{"label": <class>}}.'
-            )
-        share = float(request.get("val_split") or self.settings.val_split)
-        training, validation = split_validation(labels, share)
+        training, validation = plan_split(
+            labels, self.settings.class_names, options["val_split"], self.settings.min_val_per_class
+        )
+        return options, labels, training, validation
+
+    def __call__(self, request, datastore: Datastore):
+        try:
+            options, labels, training, validation = self.plan(request, datastore)
+        except ValueError as e:
+            print(f"not trained: {e}", flush=True)
+            raise RuntimeError(str(e)) from None
+        counts = Counter(labels.values())
+        print("labelled volumes per class: " + ", ".join(f"{n} {counts.get(i, 0)}" for i, n in
+              enumerate(self.settings.class_names)), flush=True)  # fmt: skip
         work = self.settings.model_dir / "train"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -519,7 +699,6 @@ class BundleTrainingTask(TrainTask):
             "validation": [{"image": datastore.get_image_uri(i), "label": labels[i], "id": i} for i in validation],
         }
         (work / "datalist.json").write_text(json.dumps(datalist, indent=2))
-        epochs = request.get("max_epochs") or request.get("epochs") or self.settings.epochs
         args: dict[str, Any] = {
             "config_file": self.settings.config_files("train.json"),
             "bundle_root": str(self.settings.bundle),
@@ -531,12 +710,33 @@ class BundleTrainingTask(TrainTask):
             "log_dir": str(work / "logs"),
             "dataset_cache_dir": str(work / "cache"),
         }
-        if epochs:
-            args["epochs"] = int(epochs)
+        if options["epochs"]:
+            args["epochs"] = options["epochs"]
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--args_file", str(work / "args.json")]
+        served = self.settings.weights()
+        if served is not None and not options["from_scratch"]:
+            init = served
+            if served.suffix == ".ts":  # TorchScript: its state dict, which the bundle's network loads
+                init = work / "init.pt"
+                torch.save(torch.jit.load(str(served), map_location="cpu").state_dict(), init)
+            # the bundle's initialisation, then the served weights into its network (the bundle's own loader), as a
+            # config file of its own: its new key is a config's, not a command-line override the bundle would refuse
+            finetune = {
+                "app_initialize": [
+                    "@initialize",
+                    {"_target_": "scripts.checkpoint.load_weights", "path": str(init), "network": "@network",
+                     "map_location": "@device"},
+                ]
+            }  # fmt: skip
+            (work / "finetune.json").write_text(json.dumps(finetune, indent=2))
+            args["config_file"] = args["config_file"] + [str(work / "finetune.json")]
+            cmd += ["--init_id", "app_initialize"]
         (work / "args.json").write_text(json.dumps(args, indent=2))
+        fine_tuning = "--init_id" in cmd
+        start_from = f"the served weights {served}" if fine_tuning else "random weights"
         print(
-            f"training on {len(training)} volumes, validating on {len(validation)} "
-            f"(datalist {work / 'datalist.json'}; epochs {args.get('epochs', 'as in train.json')})",
+            f"training on {len(training)} volumes, validating on {len(validation)} (datalist {work / 'datalist.json'}; "
+            f"epochs {args.get('epochs', 'as in train.json')}), starting from {start_from}",
             flush=True,
         )
         env = {
@@ -544,28 +744,62 @@ class BundleTrainingTask(TrainTask):
             "PYTHONPATH": os.pathsep.join([str(self.settings.bundle), os.environ.get("PYTHONPATH", "")]),
         }
         start = time.time()
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--args_file", str(work / "args.json")]
         proc = subprocess.run(cmd, cwd=str(self.settings.bundle), env=env, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             raise RuntimeError(f"the bundle's training failed (exit status {proc.returncode}); see the lines above.")
         best = work / "model.pt"
         if not best.is_file():
             raise RuntimeError(f"the bundle's training wrote no {best}: was there a validation epoch (val_interval)?")
-        target = self.settings.model_dir / "model.pt"
-        tmp = target.with_name(".model.pt.tmp")
-        shutil.copyfile(best, tmp)
-        os.replace(tmp, target)  # /infer reloads when the file changes
         stats = {
-            "published": str(target),
             "epochs": args.get("epochs"),
             "training": len(training),
             "validation": len(validation),
+            "from_scratch": not fine_tuning,
             "seconds": round(time.time() - start, 1),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "new": evaluate_weights(self.settings, best, datalist["validation"]),
+            "served": None,
+            "served_weights": str(served) if served else None,
+            "min_gain": options["min_gain"],
         }
+        print(f"validation on the same {len(validation)} held-out volumes:", flush=True)
+        if served is not None:
+            stats["served"] = evaluate_weights(self.settings, served, datalist["validation"])
+            print(f"  served weights ({served}): {_figures(stats['served'])}", flush=True)
+        print(f"  new weights ({best}): {_figures(stats['new'])}", flush=True)
+        new_auc = stats["new"]["auc"]
+        if not math.isfinite(new_auc):
+            stats["reason"] = "the new weights give non-finite probabilities"
+        elif stats["served"] is not None and math.isfinite(stats["served"]["auc"]):
+            gain = new_auc - stats["served"]["auc"]
+            if gain < options["min_gain"]:
+                stats["reason"] = (
+                    f"the new weights' macro AUC {new_auc:.4f} is {gain:+.4f} against the served weights' "
+                    f"{stats['served']['auc']:.4f}, below min_gain {options['min_gain']}"
+                )
+        stats["published"] = "reason" not in stats
+        stats["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        if stats["published"]:
+            target = self.settings.model_dir / "model.pt"
+            if target.is_file():  # the weights served so far stay on disk (rollback: POST /train/<model>/rollback)
+                retire(target)
+            tmp = target.with_name(".model.pt.tmp")
+            shutil.copyfile(best, tmp)
+            os.replace(tmp, target)  # /infer reloads when the file changes
+            stats["published_to"] = str(target)
         (self.settings.model_dir / "train_stats.json").write_text(json.dumps(stats, indent=2))
-        print(f"published {target}: /infer serves the new weights", flush=True)
+        if stats["published"]:
+            print(f"published {target}: /infer serves the new weights", flush=True)
+        else:
+            print(f"not published: {stats['reason']}; /infer keeps serving {served}", flush=True)
         return stats
+
+
+def retire(published: Path) -> Path:
+    """Move weights that /train published to ``retired/model-<time>.pt`` beside them; the retired file."""
+    target = published.parent / "retired" / f"model-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.pt"
+    target.parent.mkdir(exist_ok=True)
+    os.replace(published, target)
+    return target
 
 
 class CALClassificationApp(MONAILabelApp):
@@ -573,6 +807,7 @@ class CALClassificationApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.settings = BundleSettings(conf, app_dir)
+        self._uploads: dict[str, str] = {}  # files that this server's /infer saved from uploads -> the upload's name
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -587,7 +822,7 @@ class CALClassificationApp(MONAILabelApp):
             return super().init_datastore()
         return ClassLabelDatastore(
             self.studies,
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            extensions=[f"*{e}" for e in IMAGE_EXTENSIONS],
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
             settings_=self.settings,
@@ -612,18 +847,203 @@ class CALClassificationApp(MONAILabelApp):
             "first": First(),
         }
 
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")  # the server's FastAPI app (absent in the /train subprocess)
+        if server is not None:
+            install_routes(server.app)
+
+    def _unknown(self, what: str, name: str, known: Any) -> HTTPException:
+        return HTTPException(
+            status_code=404, detail=f"no {what} {name!r} on this server. Fix: use one of {sorted(known)} (GET /info/)."
+        )
+
     def infer(self, request, datastore=None):
-        """MONAI Label's inference after the bundle's input screening: an unknown image id is a 404, a bad file a
-        400/415/422 with the screening's message (see :func:`screen_image`)."""
+        """MONAI Label's inference of a datastore volume (``image``: its id) or of a file that this server's ``/infer``
+        saved from an upload, after the bundle's input screening: an unknown model or image id is a 404 (no server path
+        is accepted), a bad file a 400/415/422 with the screening's message (see :func:`screen_image`)."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise self._unknown("model", model, self._infers)
         image = request.get("image")
-        if isinstance(image, str):
-            if os.path.exists(image):
-                what = "uploaded file"
-            else:
-                store = datastore or self.datastore()
-                if image not in store.list_images():
-                    raise HTTPException(status_code=404, detail=_unknown_image(image))
-                what = f"image '{image}'"
-                image = store.get_image_uri(image)
-            screen_image(image, self.settings.in_channels, what)
-        return super().infer(copy.copy(request), datastore)
+        if not isinstance(image, str) or not image:
+            raise HTTPException(status_code=422, detail=NO_INPUT)
+        if image in self._uploads:
+            what = f"uploaded file {self._uploads[image]!r}"
+        else:
+            store = datastore or self.datastore()
+            if image not in store.list_images():
+                raise HTTPException(status_code=404, detail=_unknown_image(image))
+            what = f"image '{image}'"
+            image = store.get_image_uri(image)
+        screen_image(image, self.settings.in_channels, what)
+        return super().infer({**request, "image": image}, datastore)
+
+    def infer_upload(self, request: dict[str, Any], file: UploadFile) -> dict[str, Any]:
+        """:meth:`infer` of an uploaded file, saved under the upload's own name (so that the attention map is
+        ``<upload>_attention.nii.gz``) in a folder of its own, removed afterwards."""
+        name = re.sub(r"[^\w.\-]+", "_", os.path.basename((file.filename or "").replace("\\", "/"))).lstrip(".")
+        folder = tempfile.mkdtemp(prefix="cal_upload_")
+        path = os.path.join(folder, name or "upload.nii.gz")
+        try:
+            with open(path, "wb") as buffer:
+                shutil.copyfileobj(file.file, buffer)
+            self._uploads[path] = file.filename or name
+            return self.infer({**request, "image": path})
+        finally:
+            self._uploads.pop(path, None)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise self._unknown("strategy", strategy, self._strategies)
+        return super().next_sample(request)
+
+    def start_training(self, model: str, params: dict[str, Any] | None, run_sync: bool, enqueue: bool) -> Any:
+        """``POST /train/<model>``: 404 for an unknown model; 422 when training cannot start (the message, class
+        counts first, is also the first line of the failed task in ``GET /train/``); else MONAI Label's training."""
+        from monailabel.endpoints.train import run_model
+        from monailabel.utils.async_tasks import utils as async_tasks
+
+        if model not in self._trainers:
+            raise self._unknown("model", model, self._trainers)
+        try:
+            self._trainers[model].plan(params or {}, self.datastore())
+        except ValueError as e:
+            if not async_tasks.processes("train"):  # a running training keeps its status
+                now = time.strftime("%Y-%m-%d %H:%M:%S")
+                async_tasks.background_tasks.setdefault("train", []).append(
+                    {"id": str(uuid.uuid4()), "status": "ERROR", "request": {"model": model, **(params or {})},
+                     "start_ts": now, "end_ts": now, "details": [f"not trained: {e}"]}
+                )  # fmt: skip
+            raise HTTPException(status_code=422, detail=f"not trained: {e}") from None
+        return run_model(model, params, run_sync, enqueue)
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        """``POST /train/<model>/rollback``: stop serving what /train published (moved to ``retired/``); the bundle's
+        released weights are served again."""
+        if model not in self._trainers:
+            raise self._unknown("model", model, self._trainers)
+        published = self.settings.model_dir / "model.pt"
+        retired = str(retire(published)) if published.is_file() else None
+        serving = self.settings.weights()
+        return {"retired": retired, "serving": str(serving) if serving else None}
+
+
+NO_INPUT = (
+    "no volume: send the volume's file as the multipart field 'file', or give ?image=<id> of a volume in the datastore "
+    "(GET /datastore/?output=all lists them)."
+)
+
+
+class Output(str, Enum):
+    image = "image"
+    json = "json"
+    all = "all"
+
+
+def _json_field(text: str, what: str) -> dict[str, Any]:
+    """A form field holding a JSON object; HTTP 422 naming the field otherwise."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise HTTPException(status_code=422, detail=f"{what} {text[:200]!r} is not JSON ({e}). Fix: send a JSON "
+                                                    f"object, e.g. {{\"label\": 1}}.") from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise HTTPException(status_code=422, detail=f"{what} {text[:200]!r} is not a JSON object. Fix: send one, "
+                                                    f"e.g. {{\"label\": 1}}.")  # fmt: skip
+    return value
+
+
+# FastAPI's parameter declarations, as MONAI Label's endpoints give them
+_USER = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+_ANNOTATOR = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
+_ADMIN = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))
+_PARAMS_FORM = Form("{}")  # one per parameter: FastAPI keeps the parameter's name in it
+_INFO_FORM = Form("{}")
+_OPTIONAL_FILE = File(None)
+
+
+def _instance() -> CALClassificationApp:
+    from monailabel.interfaces.utils.app import app_instance
+
+    return app_instance()
+
+
+async def api_infer(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str = "",
+    params: str = _PARAMS_FORM,
+    file: UploadFile = _OPTIONAL_FILE,
+    output: Optional[Output] = None,
+    user: User = _USER,
+):
+    """MONAI Label's ``/infer/<model>`` with the app's checks first: an unknown model is a 404, neither ``file`` nor
+    ``image`` or ``params`` that are not a JSON object a 422, and the attention map is named after the upload."""
+    from monailabel.endpoints.infer import send_response
+
+    instance = _instance()
+    if model not in instance._infers:
+        raise instance._unknown("model", model, instance._infers)
+    extra = _json_field(params, "params")
+    if file is None and not image:
+        raise HTTPException(status_code=422, detail=NO_INPUT)
+    request = {**instance.info().get("config", {}).get("infer", {}), **extra, "model": model, "image": image}
+    result = instance.infer_upload(request, file) if file is not None else instance.infer(request)
+    result_file = result.get("file")
+    if isinstance(result_file, str) and Path(result_file).parent.name.startswith(RESULT_PREFIX):
+        background_tasks.add_task(shutil.rmtree, str(Path(result_file).parent), True)
+    return send_response(instance.datastore(), result, output, background_tasks)
+
+
+async def api_put_image_info(image: str, info: str = _INFO_FORM, user: User = _ANNOTATOR):
+    """MONAI Label's ``PUT /datastore/image/info`` with a 422 for ``info`` that is not a JSON object."""
+    from monailabel.endpoints.datastore import update_image_info
+
+    _json_field(info, "info")
+    return update_image_info(image, info, user.username)
+
+
+async def api_train(
+    model: str,
+    params: Optional[dict] = None,
+    run_sync: Optional[bool] = False,
+    enqueue: Optional[bool] = False,
+    user: User = _ADMIN,
+):
+    """MONAI Label's ``POST /train/<model>`` with the app's checks first (:meth:`CALClassificationApp.start_training`)."""
+    return _instance().start_training(model, params, bool(run_sync), bool(enqueue))
+
+
+async def api_rollback(model: str, user: User = _ADMIN):
+    """Serve the bundle's released weights again (:meth:`CALClassificationApp.rollback`)."""
+    return _instance().rollback(model)
+
+
+def install_routes(api: Any) -> None:
+    """Put the app's endpoints in place of MONAI Label's for the same paths and methods (the app's checks, then
+    MONAI Label's code), and add ``POST /train/<model>/rollback``."""
+    prefix = settings.MONAI_LABEL_API_STR
+    for path, method, endpoint, tag in (
+        ("/infer/{model}", "POST", api_infer, "Infer"),
+        ("/datastore/image/info", "PUT", api_put_image_info, "Datastore"),
+        ("/train/{model}", "POST", api_train, "Train"),
+        ("/train/{model}/rollback", "POST", api_rollback, "Train"),
+    ):
+        route = APIRoute(prefix + path, endpoint, methods=[method], tags=[tag], summary=endpoint.__doc__.split("\n")[0])
+        routes = api.router.routes
+        index = next(
+            (
+                i
+                for i, r in enumerate(routes)
+                if isinstance(r, APIRoute) and r.path == route.path and method in r.methods
+            ),
+            None,
+        )
+        if index is None:
+            routes.insert(0, route)
+        else:
+            routes[index] = route
+    api.openapi_schema = None
