@@ -26,6 +26,8 @@ import email.policy
 import importlib.util
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -543,3 +545,28 @@ def test_datastore_upload_stays_inside_and_takes_only_volumes(loop_server, tmp_p
     assert not Path("/tmp/escape.nii.gz").exists()
     assert "escape" not in json.loads(_request("GET", f"{url}/datastore/?output=all")[2])["objects"]
     _assert_serving(url)
+
+
+def test_readme_overrides_example_reaches_the_app_as_one_json_argument(tmp_path):
+    """The README's ``--conf overrides`` command, run as written through MONAI Label's ``monailabel`` launcher (which
+    passes its arguments on as ``$*``), hands the app the JSON object as one argument."""
+    launcher = Path(_require_monailabel()).parent / "monailabel"
+    if not launcher.is_file():
+        pytest.skip(f"no monailabel launcher beside {launcher.parent / 'python'}")
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    command = next(b for b in blocks if b.startswith("monailabel start_server") and "--conf overrides" in b)
+    stub = tmp_path / "python"  # stands in for the launcher's Python: prints the arguments it is given
+    stub.write_text(
+        '#!/bin/sh\nif [ "$1" = --version ]; then echo "Python 3"; exit 0; fi\n'
+        f'exec {sys.executable} -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"\n'
+    )
+    stub.chmod(0o755)
+    argv = shlex.split(command)  # what the user's shell hands the launcher
+    env = {**os.environ, "MONAILABEL_PYEXE": str(stub)}
+    run = subprocess.run(["bash", str(launcher), *argv[1:]], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    args = json.loads(run.stdout.strip().splitlines()[-1])
+    overrides = args[args.index("overrides") + 1]
+    assert args[args.index("overrides") - 1] == "--conf"
+    assert json.loads(overrides) == {"spatial_size": [16, 16, 16], "batch_size": 4}
