@@ -38,6 +38,7 @@ from monai.transforms import LoadImage
 
 from .datalist import read_datalist
 from .outputs import atomic_write_text, case_name, unique_case_names
+from .transforms import image_shape, voxel_limit_problem
 
 __all__ = [
     "Problem",
@@ -145,11 +146,18 @@ def _as_written(image: Any, base_dir: str | os.PathLike | None) -> str:
     return text if relative.startswith("..") else relative
 
 
-def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, loader: LoadImage | None = None):
+def check_image(
+    image: str | os.PathLike | Sequence[str],
+    in_channels: int = 1,
+    loader: LoadImage | None = None,
+    max_voxels: int | None = None,
+):
     """
     Check one image the way the bundle will read it (``LoadImage(image_only=True, ensure_channel_first=True)``):
-    it exists, it is readable, it is a 3D volume (C, D, H, W) with ``in_channels`` channels and no NaN/Inf voxels.
-    ``image`` is a path or a list of paths (one image). Returns an :class:`ImageCheck`.
+    it exists, it is readable, it is a 3D volume (C, D, H, W) with ``in_channels`` channels and no NaN/Inf voxels,
+    and (``max_voxels``) not larger than that per channel: from the file's header before loading where it has one
+    (:func:`scripts.transforms.image_shape`). ``image`` is a path or a list of paths (one image). Returns an
+    :class:`ImageCheck`.
     """
     result = ImageCheck()
     paths = _paths(image)
@@ -160,6 +168,10 @@ def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, 
     if missing:
         result.problems.append((f"file not found ({', '.join(missing)})", _FIX_PATH))
         return result
+    too_large = voxel_limit_problem(image_shape(paths[0]) if len(paths) == 1 else None, max_voxels)
+    if too_large:
+        result.problems.append(too_large)
+        return result
     loader = loader or LoadImage(image_only=True, ensure_channel_first=True)
     try:
         data = loader(paths[0] if len(paths) == 1 else paths)
@@ -168,6 +180,10 @@ def check_image(image: str | os.PathLike | Sequence[str], in_channels: int = 1, 
         result.problems.append((f"unreadable image ({type(e).__name__}: {detail})", _FIX_UNREADABLE))
         return result
     array = data.as_tensor() if hasattr(data, "as_tensor") else torch.as_tensor(data)
+    too_large = voxel_limit_problem(tuple(array.shape), max_voxels, channel_first=True)
+    if too_large:  # a format without a header read above
+        result.problems.append(too_large)
+        return result
     spatial = tuple(array.shape[1:])
     if len(spatial) != 3 or min(spatial) < 2:
         kind = "a single slice" if len(spatial) == 3 else f"{len(spatial)}D"
@@ -257,7 +273,9 @@ def _resolve(item: Any, image_key: str, base_dir: str | os.PathLike | None) -> A
     return paths[0] if isinstance(image, (str, os.PathLike)) else paths
 
 
-def _check_images(images: Sequence[Any], in_channels: int, num_workers: int | None) -> list[ImageCheck | None]:
+def _check_images(
+    images: Sequence[Any], in_channels: int, num_workers: int | None, max_voxels: int | None = None
+) -> list[ImageCheck | None]:
     """:func:`check_image` of each image (None for None), in up to ``num_workers`` threads (default: up to 4)."""
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     local = threading.local()  # one loader per thread
@@ -267,7 +285,7 @@ def _check_images(images: Sequence[Any], in_channels: int, num_workers: int | No
             return None
         if not hasattr(local, "loader"):
             local.loader = LoadImage(image_only=True, ensure_channel_first=True)
-        return check_image(image, in_channels=in_channels, loader=local.loader)
+        return check_image(image, in_channels=in_channels, loader=local.loader, max_voxels=max_voxels)
 
     if workers > 1 and len(images) > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -314,6 +332,7 @@ def validate_items(
     label_key: str = "label",
     seen: dict[str, str] | None = None,
     num_workers: int | None = None,
+    max_voxels: int | None = None,
 ) -> list[ImageCheck | None]:
     """
     Check the items of one split and add their problems to ``report``. Image paths are resolved against
@@ -323,7 +342,7 @@ def validate_items(
     """
     report.num_cases += len(items)
     images = [_resolve(item, image_key, base_dir) for item in items]
-    checks = _check_images(images, in_channels, num_workers)
+    checks = _check_images(images, in_channels, num_workers, max_voxels)
 
     for index, (item, image, result) in enumerate(zip(items, images, checks)):
         where = f"{split}[{index}]"
@@ -496,21 +515,23 @@ def screen_items(
     num_workers: int | None = None,
     num_classes: int | None = None,
     label_key: str = "label",
+    max_voxels: int | None = None,
 ) -> Screening:
     """
     Check inference items (the same image twice is allowed) and keep the good ones, so that a bad case does not
     stop the others. Each failed case becomes ``{"case", "image", "error"}`` (``case``: its name from
     :func:`scripts.outputs.unique_case_names`); the error names the reason and the fix. With ``tabular_length``
-    set, each item's ``"tabular"`` vector is checked too. Labels (from a datalist) are checked when present: one
-    not an integer in ``[0, num_classes)`` fails its case; when some items have a label and others none, the
-    others get label -1 (their predictions are written, the metrics leave them out with a warning).
+    set, each item's ``"tabular"`` vector is checked too; with ``max_voxels``, each image's size (a larger one fails
+    its case). Labels (from a datalist) are checked when present: one not an integer in ``[0, num_classes)`` fails
+    its case; when some items have a label and others none, the others get label -1 (their predictions are
+    written, the metrics leave them out with a warning).
     """
     if not enabled:
         return Screening(good=[dict(i) for i in items])
     report = ValidationReport(source="inference input")
     checks = validate_items(
         items, "input", report, in_channels=in_channels, labelled=False, tabular_length=tabular_length,
-        image_key=image_key, seen=None, num_workers=num_workers,
+        image_key=image_key, seen=None, num_workers=num_workers, max_voxels=max_voxels,
     )  # fmt: skip
     bad: dict[int, list[str]] = {}
     for problem in report.errors:
