@@ -8,8 +8,8 @@ message naming the key, the value and the fix (:mod:`scripts.errors`):
 - :func:`check_overrides`: a command-line override (``--key value``) that names no key of the configs, e.g.
   ``--epoch 3`` for ``--epochs 3``, which MONAI would otherwise add to the config as a new, unused item;
 - :func:`check_settings`: values that would fail later with a traceback (unknown backbone, a spatial size the
-  ViT patch does not divide, no attention maps, the tabular branch without its length) and output folders that
-  cannot be written;
+  network cannot take, found by building it and running it once (:func:`check_input_size`), no attention maps,
+  the tabular branch without its length) and output folders that cannot be written;
 - :func:`train_drop_last`: the training loader's ``drop_last``, so that BatchNorm never trains on a batch of one.
 """
 
@@ -29,7 +29,7 @@ from fire.parser import DefaultParseValue
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from .errors import stop
+from .errors import install_exit_hook, stop
 
 __all__ = [
     "RUNNER_KEYS",
@@ -37,6 +37,7 @@ __all__ = [
     "override_problems",
     "check_overrides",
     "check_settings",
+    "check_input_size",
     "check_writable_dirs",
     "train_drop_last",
 ]
@@ -154,10 +155,13 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     exist in the configs (``config_file`` and ``args_file``'s keys merged, as MONAI merges them); the last key of a
     nested override may be new (a new argument of a component, e.g. ``backbone_args#resnet#num_stages``) unless it
     is one typo away from an existing key. The arguments MONAI's runner consumes (:data:`RUNNER_KEYS`) pass.
+    On that command line it first installs :func:`scripts.errors.install_exit_hook` (it is the configs' first
+    ``initialize`` item), so that a bad input raised by any later component ends with its message, not a traceback.
     """
     if argv is None:
         if not sys.argv or not _is_bundle_runner(sys.argv[0]):
             return
+        install_exit_hook()  # from here on, a bad input any component raises ends without a traceback
         argv = sys.argv[1:]
     overrides = command_line_overrides(argv)
     if overrides is None:
@@ -244,17 +248,7 @@ def check_settings(
         size = ()
     if len(size) != 3 or min(size) < 1:
         stop(f"spatial_size {spatial_size!r}", "is not 3 positive sizes", 'write it as --spatial_size "[28,28,28]"')
-    if backbone == "vit":
-        patch_size = backbone_args["vit"].get("patch_size", 16)
-        patch = tuple(int(p) for p in ensure_tuple_rep(patch_size, 3))
-        if any(s % p for s, p in zip(size, patch)):
-            fitted = [max(p, round(s / p) * p) for s, p in zip(size, patch)]
-            stop(
-                f"spatial_size {list(size)} with backbone_args#vit#patch_size {patch_size}",
-                "the ViT's patch does not divide the spatial size",
-                f'use a spatial size that is a multiple of the patch (e.g. --spatial_size "{fitted}"), or a '
-                f"--backbone_args#vit#patch_size that divides {list(size)}",
-            )
+    check_input_size(backbone, backbone_args[backbone], size)
     if isinstance(num_attentions, bool) or not isinstance(num_attentions, int) or num_attentions < 1:
         stop(
             f"num_attentions {num_attentions!r}",
@@ -273,6 +267,102 @@ def check_settings(
                 "set --tabular_length to the number of tabular values per case, or --use_tabular false",
             )
     check_writable_dirs(writable_dirs or {})
+
+
+def _forward_error(network: nn.Module, size: Sequence[int], in_channels: int) -> str | None:
+    """Why ``network`` (on the meta device) cannot take a zero input of ``size``; None when it can."""
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, in_channels, *size, device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel: the check cannot tell, training will
+        return None
+    except Exception as e:  # the shape check of the layer that cannot take its input
+        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return None
+
+
+def _build(backbone: str, backbone_kwargs: Mapping[str, Any], size: Sequence[int], in_channels: int) -> nn.Module:
+    from .backbones import build_backbone
+
+    with torch.device("meta"):  # shapes only: no memory, no computation, no random numbers drawn
+        return build_backbone(backbone, in_channels, tuple(size), **dict(backbone_kwargs)).eval()
+
+
+def _smallest_cube(network: nn.Module, start: int, in_channels: int, limit: int = 1024) -> int | None:
+    """The smallest n such that ``network`` takes an n^3 input (larger inputs assumed to pass too), None if none."""
+    high = max(int(start), 1)
+    while _forward_error(network, (high,) * 3, in_channels) is not None:
+        if high >= limit:
+            return None
+        high *= 2
+    low = 0  # fails (no input)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _forward_error(network, (middle,) * 3, in_channels) is None:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _nearest_size(backbone: str, backbone_kwargs: Mapping[str, Any], size: Sequence[int], in_channels: int):
+    """The size nearest to ``size`` (each side changed by the same amount, at most 32) the network takes, if any."""
+    for change in (d for step in range(1, 33) for d in (step, -step)):
+        candidate = [s + change for s in size]
+        if min(candidate) < 1:
+            continue
+        try:
+            network = _build(backbone, backbone_kwargs, candidate, in_channels)
+        except Exception:
+            continue
+        if _forward_error(network, candidate, in_channels) is None:
+            return candidate
+    return None
+
+
+def check_input_size(
+    backbone: str, backbone_kwargs: Mapping[str, Any], spatial_size: Sequence[int], in_channels: int = 1
+) -> None:
+    """
+    Stop when the configured backbone cannot take a ``spatial_size`` input, found by construction: the backbone is
+    built and run once on a zero tensor of that size, on PyTorch's meta device (shapes only, so the check costs no
+    memory at any size, and draws no random numbers: the training's random stream is the same with or without it).
+    An input too small for the network's downsampling gives "<backbone> needs at least N^3 input"; one the network
+    cannot be built for (a ViT patch that does not divide it) gives its reason and the nearest size that works.
+    """
+    size = [int(s) for s in spatial_size]
+    what = f"spatial_size {size} with backbone '{backbone}'"
+    with torch.random.fork_rng(devices=[]):
+        try:
+            network = _build(backbone, backbone_kwargs, size, in_channels)
+        except (ValueError, TypeError, KeyError) as e:  # a constructor's check of its arguments, e.g. the ViT's patch
+            error = " ".join(f"{type(e).__name__}: {e}".split()).rstrip(".")
+            near = _nearest_size(backbone, backbone_kwargs, size, in_channels)
+            stop(
+                what,
+                f"the network cannot be built with these settings ({error})",
+                (
+                    f'use --spatial_size "{near}" (the nearest size it takes), or change --backbone_args#{backbone}'
+                    if near
+                    else f"correct --backbone_args#{backbone} (the reason above), or use another --spatial_size"
+                ),
+            )
+        error = _forward_error(network, size, in_channels)
+        if error is None:
+            return
+        smallest = _smallest_cube(network, max(size), in_channels)
+    if smallest is not None and smallest > min(size):
+        stop(
+            what,
+            f"{backbone} needs at least {smallest}^3 input; got {size} (a zero input of that size fails: {error})",
+            f'use --spatial_size "{[max(s, smallest) for s in size]}" or larger (images are resized to it), or a '
+            f"backbone that downsamples less (e.g. --backbone resnet)",
+        )
+    stop(
+        what,
+        f"the network cannot take this input ({error})",
+        f"use another --spatial_size or --backbone_args#{backbone}",
+    )
 
 
 def _batch_norms(network: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -5,8 +5,9 @@
 Reading datalists.
 
 A datalist is a decathlon-style JSON file ``{"training": [...], "validation": [...], "test": [...]}`` whose items
-are ``{"image": "relative/path.nii.gz", "label": 2}`` (paths relative to the datalist's folder); an optional
-``"labels": {"0": "name", ...}`` maps class indices to names.
+are ``{"image": "relative/path.nii.gz", "label": 2}`` (paths relative to the datalist's folder; a one-hot label,
+``[0, 0, 1]``, is read as its class index); an optional ``"labels": {"0": "name", ...}`` maps class indices to
+names.
 
 A run reads the file once (:func:`read_datalist`, the configs' ``parsed_datalist``); the splits
 (:func:`split_items`), the class names (:func:`class_names`) and the data check take what they need from that.
@@ -14,6 +15,7 @@ A run reads the file once (:func:`read_datalist`, the configs' ``parsed_datalist
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ __all__ = [
     "SPLITS",
     "ensure_datalist",
     "read_datalist",
+    "one_hot_index",
     "split_items",
     "load_split",
     "inference_items",
@@ -43,18 +46,52 @@ SPLITS = ("training", "validation", "test")
 
 
 def ensure_datalist(dataset_dir: str | os.PathLike, datalist: str = DATALIST_NAME) -> str:
-    """Path of ``dataset_dir/datalist``; a clear error naming the folder and the fix when there is none."""
+    """
+    Path of ``dataset_dir/datalist``. A folder that does not exist (with the nearest existing name beside it, for a
+    misspelt one), is empty, or holds files but no datalist ends the run naming the folder and the fix
+    (:func:`scripts.errors.stop`).
+    """
     root = Path(dataset_dir)
     path = root / datalist
     if path.is_file():
         return str(path)
-    what = "does not exist" if not root.exists() else ("is empty" if not any(root.iterdir()) else "holds files")
-    raise FileNotFoundError(
-        f"no data set at '{root}': the folder {what} but has no '{datalist}'. Fix: point --dataset_dir to a folder "
-        f'with a datalist ({{"training": [{{"image": "case.nii.gz", "label": 0}}, ...], "validation": [...], '
-        f'"test": [...]}}, paths relative to the folder), convert MedMNIST data with '
-        f"'python -m scripts.tools.convert_medmnist', or leave --dataset_dir at its default to use the embedded data."
-    )
+    if not root.exists():
+        near = _nearest_folder(root)
+        problem = "does not exist" + (f" (nearest existing folder: '{near}')" if near else "")
+    elif not root.is_dir():
+        problem = "is a file, not a folder"
+    else:
+        volumes = [p for p in (*root.glob("*"), *root.glob("*/*")) if p.name.endswith(_NIFTI)]
+        if volumes:
+            problem = f"holds {len(volumes)} NIfTI volume(s) but no '{datalist}' that says which are training cases"
+        elif any(root.iterdir()):
+            problem = f"holds files but no '{datalist}'"
+        else:
+            problem = "is an empty folder"
+    stop(f"--dataset_dir '{root}'", problem, _FIX_DATASET.format(datalist=datalist))
+
+
+_FIX_DATASET = (
+    "point --dataset_dir to a folder with a {datalist} "
+    '({{"training": [{{"image": "case.nii.gz", "label": 0}}, ...], "validation": [...], "test": [...]}}, paths '
+    "relative to the folder), convert MedMNIST data with 'python -m scripts.tools.convert_medmnist', or leave "
+    "--dataset_dir at its default to use the embedded data"
+)
+
+
+def _nearest_folder(path: Path) -> str | None:
+    """The existing folder beside a missing ``path`` whose name is closest to its name, if any is close."""
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if parent != path.parent:
+        return None
+    try:
+        names = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return str(parent / match[0]) if match else None
 
 
 def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
@@ -62,17 +99,27 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     Parse a datalist file once: its JSON object, each split's items resolved as MONAI's
     ``load_decathlon_datalist`` resolves them (``"image"`` made absolute from the datalist's folder, other entries
     too when they name an existing file, e.g. ``"mask"``; a test split of bare paths becomes ``{"image": path}``
-    items), with their ``"tabular"`` values from the datalist's ``"tabular_csv"`` when it names one
-    (:mod:`scripts.tabular`), and ``"path"``, the file's path. Items that are not objects are kept as they are,
-    for the data check (:mod:`scripts.validation`) to report.
+    items), a one-hot ``"label"`` (``[0, 1, 0]``) made its class index (``1``), with their ``"tabular"`` values
+    from the datalist's ``"tabular_csv"`` when it names one (:mod:`scripts.tabular`), and ``"path"``, the file's
+    path. Items that are not objects, and labels that are neither, are kept as they are, for the data check
+    (:mod:`scripts.validation`) to report. A file that is not a JSON object ends the run naming it and the fix.
     """
     path = Path(path).absolute()  # items resolve to absolute paths, whatever the working folder of later readers
+    what = f"datalist '{path}'"
     try:
         content = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"datalist '{path}' cannot be read as JSON ({e}); fix the file.") from None
+    except UnicodeDecodeError:
+        stop(what, "cannot be read as JSON (it is not a text file)", "give the datalist's JSON file")
+    except ValueError as e:
+        stop(what, f"cannot be read as JSON ({e})", "correct the JSON syntax at that place (e.g. python -m json.tool)")
+    except OSError as e:
+        stop(what, f"cannot be read as JSON ({e.strerror or e})", "check the path and the file's permissions")
     if not isinstance(content, dict):
-        raise ValueError(f'datalist \'{path}\' is not a JSON object; write {{"training": [...], "validation": [...]}}.')
+        stop(
+            what,
+            f"is a JSON {type(content).__name__}, not an object",
+            'write {"training": [...], "validation": [...], "test": [...]}',
+        )
     parsed = {**content, "path": str(path)}
     for split in SPLITS:
         items = content.get(split)
@@ -81,16 +128,38 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
         if split == "test":
             items = [{"image": i} if isinstance(i, str) else i for i in items]
         resolved = [_append_paths(path.parent, False, [dict(i)])[0] if isinstance(i, dict) else i for i in items]
+        resolved = [_class_index(i) if isinstance(i, dict) else i for i in resolved]
         parsed[split] = attach_tabular(resolved, content, path.parent)
     return parsed
 
 
+def one_hot_index(label: Any) -> int | None:
+    """The class index of a one-hot label (a list of 0/1 numbers with a single 1), None for anything else."""
+    if not isinstance(label, (list, tuple)) or not label:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v in (0, 1) for v in label):
+        return None
+    ones = [i for i, v in enumerate(label) if v == 1]
+    return ones[0] if len(ones) == 1 else None
+
+
+def _class_index(item: dict, key: str = "label") -> dict:
+    index = one_hot_index(item.get(key))
+    return item if index is None else {**item, key: index}
+
+
 def split_items(datalist: Mapping[str, Any], split: str) -> list[dict]:
-    """The items of one split of a datalist parsed by :func:`read_datalist` (a list of item dicts, copied)."""
+    """
+    The items of one split of a datalist parsed by :func:`read_datalist` (a list of item dicts, copied); a
+    missing split ends the run naming the datalist, its splits and the fix.
+    """
     items = datalist.get(split)
     if not isinstance(items, list):
-        raise ValueError(
-            f"datalist '{datalist.get('path', '?')}' has no '{split}' split: list the {split} cases under it."
+        present = [s for s in SPLITS if isinstance(datalist.get(s), list)]
+        stop(
+            f"datalist '{datalist.get('path', '?')}'",
+            f"has no '{split}' split (its splits: {', '.join(map(repr, present)) or 'none'})",
+            f'list the {split} cases under "{split}": [{{"image": "case.nii.gz", "label": 0}}, ...]',
         )
     return [dict(i) if isinstance(i, Mapping) else i for i in items]
 

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from monai.transforms import LoadImage
 
-from .datalist import read_datalist
+from .datalist import DATALIST_NAME, read_datalist
+from .errors import BundleInputError
 from .outputs import atomic_write_text, case_name, unique_case_names
 from .transforms import image_shape, voxel_limit_problem
 
@@ -301,22 +302,40 @@ def _duplicates_in(
     base_dir: str | os.PathLike,
     image_key: str,
     num_workers: int | None,
+    warn: bool = False,
 ) -> None:
     """
     Report each item of a split that is not otherwise checked (e.g. ``test`` at training) whose file or voxels
     are those of a checked case in ``seen``; its other problems (missing, unreadable file) are not this run's.
+    With ``warn``, each is a warning that the checked case was also a training case (evaluation, inference).
     """
     images = [_resolve(item, image_key, base_dir) for item in items]
     for index, (item, image, result) in enumerate(zip(items, images, _check_images(images, 1, num_workers))):
-        if result is None:
-            continue
-        keys = [str(image)] + ([f"voxels:{result.digest}"] if result.digest else [])
-        for key in keys:
+        for key in _case_keys(image, result):
             if key in seen:
                 what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
-                reason = f"{what} {seen[key]} (the '{split}' split must hold cases the model never saw)"
-                report.errors.append(Problem(f"{split}[{index}]", str(item.get(image_key)), reason, _FIX_DUPLICATE))
+                if warn:
+                    name = _as_written(item.get(image_key), base_dir)
+                    report.warnings.append(_overlap_warning(seen[key], what, f"{split}[{index}] '{name}'"))
+                else:
+                    reason = f"{what} {seen[key]} (the '{split}' split must hold cases the model never saw)"
+                    problem = Problem(f"{split}[{index}]", str(item.get(image_key)), reason, _FIX_DUPLICATE)
+                    report.errors.append(problem)
                 break
+
+
+def _case_keys(image: Any, result: ImageCheck | None) -> list[str]:
+    """What identifies a case across splits: its file path and, when it could be read, a digest of its voxels."""
+    if result is None:
+        return []
+    return [str(image)] + ([f"voxels:{result.digest}"] if result.digest else [])
+
+
+def _overlap_warning(case: str, what: str, training_case: str) -> str:
+    return (
+        f"{case} is {what} {training_case}, a case the model was trained on, so its metrics are optimistic; "
+        f"fix: list each case in one split only"
+    )
 
 
 def validate_items(
@@ -356,7 +375,7 @@ def validate_items(
         else:
             problems += result.problems
             report.warnings += [f"{where} '{name}': {w}" for w in result.warnings]
-            keys = [str(image)] + ([f"voxels:{result.digest}"] if result.digest else [])
+            keys = _case_keys(image, result)
             for key in keys if seen is not None else []:
                 if key in seen:
                     what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
@@ -377,6 +396,12 @@ def validate_items(
     return checks
 
 
+def _labels(items: Sequence[Any], label_key: str) -> set:
+    """The labels of ``items`` that can be class indices (hashable; a list label is reported by the check)."""
+    labels = (i.get(label_key) for i in items if isinstance(i, Mapping))
+    return {label for label in labels if label is None or isinstance(label, (Integral, Real, str))}
+
+
 def validate_datalist(
     datalist: Mapping[str, Any] | str | os.PathLike,
     splits: Sequence[str] = ("training", "validation"),
@@ -388,6 +413,7 @@ def validate_datalist(
     label_key: str = "label",
     num_workers: int | None = None,
     compare_splits: Sequence[str] = ("test",),
+    overlap_splits: Sequence[str] = (),
 ) -> ValidationReport:
     """
     Check the ``splits`` of a decathlon-style datalist (see the module docstring for the checks).
@@ -405,12 +431,15 @@ def validate_datalist(
         compare_splits: splits not in ``splits`` whose cases must not be any checked case (same file or identical
             voxels): at training, a test case also in training or validation is an error. Only that is checked in
             them; a split missing from the datalist is skipped.
+        overlap_splits: splits not in ``splits`` (``training`` at evaluation) whose cases the checked ones should
+            not be (same file or identical voxels): each such case is a warning naming both (the metrics of a case
+            the model was trained on are optimistic). A split missing from the datalist is skipped.
         num_workers: threads reading images (default: up to 4).
     """
     if not isinstance(datalist, Mapping):
         try:
             datalist = read_datalist(datalist)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, BundleInputError) as e:
             report = ValidationReport(source=f"'{datalist}'")
             report.errors.append(Problem("datalist", str(datalist), str(e), "fix the datalist file or its tabular CSV"))
             return report
@@ -436,14 +465,17 @@ def validate_datalist(
         items = content.get(split)
         if split not in splits and isinstance(items, list):
             _duplicates_in(items, split, report, seen, base_dir, image_key, num_workers)
+    for split in overlap_splits:
+        items = content.get(split)
+        if split not in splits and isinstance(items, list):
+            _duplicates_in(items, split, report, seen, base_dir, image_key, num_workers, warn=True)
     if reference_split is not None and isinstance(content.get(reference_split), list):
-        known = {i.get(label_key) for i in content[reference_split] if isinstance(i, Mapping)}
+        known = _labels(content[reference_split], label_key)
         for split in splits:
             if split == reference_split or not isinstance(content.get(split), list):
                 continue
             absent = sorted(
-                {i.get(label_key) for i in content[split] if isinstance(i, Mapping)} - known,
-                key=lambda v: (not isinstance(v, Integral), str(v)),
+                _labels(content[split], label_key) - known, key=lambda v: (not isinstance(v, Integral), str(v))
             )
             absent = [a for a in absent if _label_problem(a, num_classes) is None]
             if absent:
@@ -453,7 +485,7 @@ def validate_datalist(
                 )
     if num_classes is not None:  # a --num_classes above the labels present: say so, not a NaN AUC later
         present = {
-            split: {i.get(label_key) for i in content[split] if isinstance(i, Mapping)}
+            split: _labels(content[split], label_key)
             for split in splits
             if isinstance(content.get(split), list) and content[split]
         }
@@ -516,6 +548,8 @@ def screen_items(
     num_classes: int | None = None,
     label_key: str = "label",
     max_voxels: int | None = None,
+    source: str | os.PathLike | None = None,
+    split: str = "test",
 ) -> Screening:
     """
     Check inference items (the same image twice is allowed) and keep the good ones, so that a bad case does not
@@ -525,6 +559,9 @@ def screen_items(
     its case). Labels (from a datalist) are checked when present: one not an integer in ``[0, num_classes)`` fails
     its case; when some items have a label and others none, the others get label -1 (their predictions are
     written, the metrics leave them out with a warning).
+    When ``source`` (what inference reads, see :func:`scripts.datalist.inference_items`) is a datalist with a
+    ``training`` split and ``split`` is another, a case that is also a training case (same file or identical
+    voxels) is a warning naming both.
     """
     if not enabled:
         return Screening(good=[dict(i) for i in items])
@@ -533,6 +570,8 @@ def screen_items(
         items, "input", report, in_channels=in_channels, labelled=False, tabular_length=tabular_length,
         image_key=image_key, seen=None, num_workers=num_workers, max_voxels=max_voxels,
     )  # fmt: skip
+    if source is not None and split != "training":
+        _training_overlap(items, checks, source, split, report, image_key, num_workers)
     bad: dict[int, list[str]] = {}
     for problem in report.errors:
         index = int(problem.where.split("[")[1].rstrip("]"))
@@ -556,6 +595,37 @@ def screen_items(
     for warning in report.warnings:
         logger.warning(warning)
     return Screening(good=good, failed=failed)
+
+
+def _training_overlap(
+    items: Sequence[Any],
+    checks: Sequence[ImageCheck | None],
+    source: str | os.PathLike,
+    split: str,
+    report: ValidationReport,
+    image_key: str,
+    num_workers: int | None,
+) -> None:
+    """Warn (in ``report``) about each of ``items`` that is a case of the ``training`` split of ``source``."""
+    path = Path(source)
+    path = path / DATALIST_NAME if path.is_dir() else path
+    if not path.is_file() or path.name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        training = read_datalist(path).get("training")
+    except (OSError, ValueError, BundleInputError):  # inference_items reports an unreadable datalist
+        return
+    if not isinstance(training, list):
+        return
+    seen: dict[str, str] = {}
+    for index, (item, check) in enumerate(zip(items, checks)):
+        image = item.get(image_key) if isinstance(item, Mapping) else None
+        if _paths(image) is None:
+            continue
+        resolved = os.path.normpath(image) if isinstance(image, (str, os.PathLike)) else image
+        for key in _case_keys(resolved, check):
+            seen.setdefault(key, f"{split}[{index}] '{_as_written(image, path.parent)}'")
+    _duplicates_in(training, "training", report, seen, path.parent, image_key, num_workers, warn=True)
 
 
 def exit_if_failed(screening: Screening, output_dir: str | os.PathLike, errors_file: str = ERRORS_FILE) -> None:

@@ -18,7 +18,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.metrics import ROCAUCMetric, compute_roc_auc
 
-from scripts.config_check import command_line_overrides, override_problems
+from scripts.config_check import check_input_size, command_line_overrides, override_problems
 from scripts.metrics import PresentClassesROCAUC, PresentClassesROCAUCMetric
 from scripts.validation import validate_datalist
 from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
@@ -105,9 +105,31 @@ def test_vit_patch_that_does_not_divide_the_spatial_size(tmp_path):
     _stops(
         _parser(tmp_path, spatial_size=[19, 19, 19]),
         "config_check",
-        "spatial_size [19, 19, 19] with backbone_args#vit#patch_size 4",
-        "[20, 20, 20]",
+        "spatial_size [19, 19, 19] with backbone 'vit'",
+        "must be divisible by patch_size (4, 4, 4)",
+        '--spatial_size "[20, 20, 20]"',
     )
+
+
+@pytest.mark.parametrize(
+    "backbone, args, size, needed",
+    [("densenet", {"depth": 121}, [16, 16, 16], 29), ("densenet", {"depth": 121}, [64, 16, 64], 29)],
+)
+def test_input_smaller_than_the_network_takes(backbone, args, size, needed):
+    """Found by building the network and running it once on zeros (meta device): the smallest size is named."""
+    with pytest.raises(SystemExit) as info:
+        check_input_size(backbone, args, size)
+    assert f"{backbone} needs at least {needed}^3 input; got {size}" in str(info.value) and "Fix:" in str(info.value)
+    check_input_size(backbone, args, [max(s, needed) for s in size])  # the size it suggests is taken
+
+
+def test_the_size_check_leaves_the_random_stream_alone():
+    """The check runs before set_determinism, but the released weights must not depend on it."""
+    state = torch.random.get_rng_state()
+    check_input_size("resnet", {"depth": 10, "num_stages": 2}, [28, 28, 28])
+    with pytest.raises(SystemExit):
+        check_input_size("densenet", {"depth": 121}, [8, 8, 8])
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("value", [0, -2])

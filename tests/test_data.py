@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import class_names, inference_items, load_split, read_datalist, split_items
+from scripts.datalist import class_names, inference_items, load_split, one_hot_index, read_datalist, split_items
 from scripts.tools.synthetic_data import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_case
 
 
@@ -51,29 +51,59 @@ def test_generate_dataset_layout_and_determinism(tmp_path):
     assert not list(tmp_path.glob(".a-*"))  # the temporary build folder is gone
 
 
-@pytest.mark.parametrize("state", ["missing", "empty", "files"])
-def test_a_named_folder_without_datalist_is_an_error_and_stays_untouched(tmp_path, state):
+@pytest.mark.parametrize(
+    "state, problem",
+    [
+        ("missing", "does not exist (nearest existing folder: '{root}/adrenal28x')"),
+        ("empty", "is an empty folder"),
+        ("files", "holds files but no 'datalist.json'"),
+        ("volumes", "holds 1 NIfTI volume(s) but no 'datalist.json' that says which are training cases"),
+    ],
+)
+def test_a_named_folder_without_datalist_is_an_error_and_stays_untouched(tmp_path, state, problem):
     """A mistyped --dataset_dir stops with the fix; nothing (no synthetic or default data) is written there."""
     from monai.bundle import ConfigParser
 
     from tests.conftest import ROOT
 
     folder = tmp_path / "adrenal28"
+    (tmp_path / "adrenal28x").mkdir()  # the folder meant: a misspelt name is pointed to it
     if state != "missing":
         folder.mkdir()
     if state == "files":
+        (folder / "notes.txt").write_text("")
+    if state == "volumes":
         (folder / "scan.nii.gz").write_bytes(b"")
     before = sorted(tmp_path.rglob("*"))
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
     parser["bundle_root"] = str(tmp_path)
     parser["dataset_dir"] = str(folder)
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(SystemExit) as error:
         parser.get_parsed_content("datalist")
-    assert isinstance(error.value.__cause__, FileNotFoundError)
-    assert f"no data set at '{folder}'" in str(error.value.__cause__)
-    assert "--dataset_dir" in str(error.value.__cause__)
+    message = str(error.value)
+    assert message.startswith(f"--dataset_dir '{folder}': {problem.format(root=tmp_path)}. Fix: point --dataset_dir")
+    assert "does not exist but" not in message
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_one_hot_label_is_read_as_its_class_index(tmp_path):
+    items = [{"image": "a.nii.gz", "label": [0, 0, 1, 0]}, {"image": "b.nii.gz", "label": [1.0, 0.0]}]
+    odd = [{"image": "c.nii.gz", "label": [0, 1, 1]}, {"image": "d.nii.gz", "label": [0.2, 0.8]}]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items + odd, "test": items}))
+    parsed = read_datalist(tmp_path / "datalist.json")
+    assert [i["label"] for i in parsed["training"]] == [2, 0, [0, 1, 1], [0.2, 0.8]]  # the others: the data check's
+    assert [i["label"] for i in parsed["test"]] == [2, 0]
+    assert one_hot_index([0, 1]) == 1 and one_hot_index([True, False]) is None and one_hot_index([]) is None
+
+
+def test_split_problems_name_the_datalist_and_the_fix(tmp_path):
+    (tmp_path / "datalist.json").write_text('{"training": [}')
+    with pytest.raises(SystemExit, match=r"datalist.json': cannot be read as JSON \(.*\)\. Fix: correct the JSON"):
+        read_datalist(tmp_path / "datalist.json")
+    (tmp_path / "datalist.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="is a JSON list, not an object. Fix:"):
+        read_datalist(tmp_path / "datalist.json")
 
 
 def test_default_data_is_built_from_the_embedded_file_on_first_use(tmp_path):
@@ -106,7 +136,9 @@ def test_read_datalist_parses_every_split_once(tiny_dataset):
     for split in ("training", "validation", "test"):
         assert split_items(parsed, split) == load_split(tiny_dataset / "datalist.json", split)
     assert all(item["image"].startswith(str(tiny_dataset)) for item in split_items(parsed, "test"))
-    with pytest.raises(ValueError, match="no 'extra' split"):
+    with pytest.raises(
+        SystemExit, match="has no 'extra' split \\(its splits: 'training', 'validation', 'test'\\). Fix:"
+    ):
         split_items(parsed, "extra")
 
 
