@@ -77,3 +77,23 @@ def test_benchmark_refuses_a_count_of_zero_with_a_usage_message():
     proc = run_command([sys.executable, "-m", "scripts.tools.benchmark", "--data_steps", "0"])
     assert proc.returncode == 2 and "--data_steps must be 1 or more, got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(300)
+def test_input_size_benchmark_measures_each_step_in_its_own_process(tmp_path):
+    """python -m scripts.tools.benchmark_inputs on a tiny volume: a row per step with time and peak memory."""
+    cmd = [
+        sys.executable, "-m", "scripts.tools.benchmark_inputs", "--sizes", "30x30x28", "--data_dir", str(tmp_path),
+        "--output", str(tmp_path / "inputs.json"),
+    ]  # fmt: skip
+    proc = run_command(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    assert report == json.loads((tmp_path / "inputs.json").read_text())
+    assert [(r["input"], r["step"]) for r in report["rows"]] == [("30x30x28", "preprocessing"), ("30x30x28", "infer")]
+    for row in report["rows"]:
+        assert "error" not in row, row
+        assert row["seconds"] > 0 and row["peak_rss_mb"] >= row["rss_before_mb"] > 0
+        assert row["network_input"] == [28, 28, 28]
+    assert (tmp_path / "ct_30x30x28.nii.gz").is_file()
+    assert "| 30x30x28 | infer |" in proc.stderr and "load average" in proc.stderr
