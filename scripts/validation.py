@@ -316,7 +316,8 @@ def _duplicates_in(
                 what = "the same file as" if not key.startswith("voxels:") else "identical voxels to"
                 if warn:
                     name = _as_written(item.get(image_key), base_dir)
-                    report.warnings.append(_overlap_warning(seen[key], what, f"{split}[{index}] '{name}'"))
+                    same = "is the same file as" if not key.startswith("voxels:") else "has the same voxels as"
+                    report.warnings.append(_overlap_warning(seen[key], same, f"{split}[{index}] '{name}'"))
                 else:
                     reason = f"{what} {seen[key]} (the '{split}' split must hold cases the model never saw)"
                     problem = Problem(f"{split}[{index}]", str(item.get(image_key)), reason, _FIX_DUPLICATE)
@@ -333,7 +334,7 @@ def _case_keys(image: Any, result: ImageCheck | None) -> list[str]:
 
 def _overlap_warning(case: str, what: str, training_case: str) -> str:
     return (
-        f"{case} is {what} {training_case}, a case the model was trained on, so its metrics are optimistic; "
+        f"{case} {what} {training_case}, a case the model was trained on, so its metrics are optimistic; "
         f"fix: list each case in one split only"
     )
 

@@ -324,3 +324,42 @@ def test_exit_if_failed_writes_the_errors_file(tmp_path, data):
     assert [r["case"] for r in rows] == ["case1"] and "unreadable image" in rows[0]["error"]
     exit_if_failed(screen_items([{"image": str(data / "images" / "case0.nii.gz")}]), tmp_path)  # no exit
     assert list(csv.DictReader(open(tmp_path / "errors.csv"))) == []
+
+
+def test_evaluated_cases_shared_with_training_are_named_in_a_warning(data):
+    """Evaluation checks the test split and warns, naming both cases, about any case also in training."""
+    shutil.copy(data / "images" / "case3.nii.gz", data / "images" / "copy.nii.gz")
+    _edit(data, "test", 0, image="images/copy.nii.gz")  # voxels of training[3] under another name
+    _edit(data, "test", 1, image="images/case1.nii.gz")  # the same file as training[1]
+    report = _check(data, splits=["test"], overlap_splits=["training"])
+    assert report.ok, report.message()  # a warning: the metrics are still computed
+    assert report.warnings == [
+        "test[1] 'images/case1.nii.gz' is the same file as training[1] 'images/case1.nii.gz', a case the model was "
+        "trained on, so its metrics are optimistic; fix: list each case in one split only",
+        "test[0] 'images/copy.nii.gz' has the same voxels as training[3] 'images/case3.nii.gz', a case the model was "
+        "trained on, so its metrics are optimistic; fix: list each case in one split only",
+    ]
+    assert not _check(data, splits=["test"]).warnings  # only when asked (evaluate.json asks)
+
+
+def test_inference_on_a_datalist_warns_about_its_training_cases(data, caplog):
+    _edit(data, "test", 2, image="images/case0.nii.gz")
+    items = read_datalist(data / "datalist.json")["test"]
+    with caplog.at_level("WARNING"):
+        screening = screen_items(items, source=data, split="test")
+    assert len(screening.good) == 3 and not screening.failed  # every case still runs
+    assert "test[2] 'images/case0.nii.gz' is the same file as training[0] 'images/case0.nii.gz'" in caplog.text
+    caplog.clear()
+    screen_items(items, source=data / "images" / "case0.nii.gz", split="test")  # no datalist: nothing to compare
+    screen_items(read_datalist(data / "datalist.json")["training"], source=data, split="training")
+    assert "trained on" not in caplog.text
+
+
+def test_a_label_list_that_is_not_one_hot_is_reported_not_a_crash(data):
+    """One-hot labels are read as indices (scripts.datalist); any other list is a data error naming the case."""
+    _edit(data, "training", 0, label=[0, 1, 0])
+    _edit(data, "training", 1, label=[0.5, 0.5])
+    _edit(data, "validation", 0, label=[1, 1, 0])
+    report = _check(data)
+    assert [p.where for p in report.errors] == ["training[1]", "validation[0]"], report.message()
+    assert "label [0.5, 0.5] is not an integer class index" in report.errors[0].reason
