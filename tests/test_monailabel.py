@@ -252,6 +252,7 @@ TINY = {TINY_OVERRIDES[i][2:]: json.loads(TINY_OVERRIDES[i + 1]) for i in range(
 SYNTHETIC_CLASSES = ["solid", "hollow", "striped", "checkered"]
 LABELS = {"vol0": 0, "vol1": "hollow", "vol2": 2, "vol3": "Checkered", "vol4": 0, "vol5": 1, "vol6": "2", "vol7": 3}
 NUM_VOLUMES = 9
+MAX_VOXELS = 20_000  # the loop server's size limit: the 16^3 volumes fit, a 32^3 one does not
 
 
 def _request(method: str, url: str, fields: dict | None = None, files: dict | None = None, body: dict | None = None,
@@ -311,7 +312,8 @@ def loop_server(tmp_path_factory):
     paths = [
         _save(volumes / f"vol{i}.nii.gz", synthetic_case(rng, label=i % 4, size=20)[0]) for i in range(NUM_VOLUMES)
     ]
-    conf = ("--conf", "configs", ",".join(SYNTHETIC), "--conf", "overrides", json.dumps(TINY), "--conf", "epochs", "1",
+    overrides = json.dumps({**TINY, "max_voxels": MAX_VOXELS})
+    conf = ("--conf", "configs", ",".join(SYNTHETIC), "--conf", "overrides", overrides, "--conf", "epochs", "1",
             "--conf", "min_val_per_class", "1")  # fmt: skip
     with _running_server(python, tmp, bundle, conf) as url:
         yield {"url": url, "dir": tmp, "volumes": paths, "checkpoint": checkpoint}
@@ -455,6 +457,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
     (folder / "empty.nii.gz").write_bytes(b"")
     _save(folder / "rgb.nii.gz", np.random.default_rng(0).random((16, 16, 16, 3)))
     _save(folder / "flat.nii.gz", np.random.default_rng(0).random((16, 16)))
+    _save(folder / "big.nii.gz", np.zeros((32, 32, 32), dtype=np.float32))
     Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(folder / "slice.png")
     return {p.name: p for p in folder.iterdir()}
 
@@ -468,6 +471,7 @@ def _bad_inputs(folder: Path) -> dict[str, Path]:
         ("rgb.nii.gz", 422, "3 channels"),
         ("flat.nii.gz", 422, "not a 3D volume"),
         ("slice.png", 422, "not a 3D volume"),
+        ("big.nii.gz", 422, "more than max_voxels"),
     ],
 )
 def test_bad_upload_is_a_client_error(loop_server, tmp_path, name, status, words):

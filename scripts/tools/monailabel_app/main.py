@@ -157,6 +157,7 @@ class BundleSettings:
         parser = self.parser("inference.json")
         self.num_classes = int(parser.get_parsed_content("num_classes"))
         self.in_channels = int(parser.get_parsed_content("in_channels"))
+        self.max_voxels = int(parser.get_parsed_content("max_voxels"))  # larger volumes are refused before loading
         self.class_names = self._class_names(meta, parser)
 
     def config_files(self, main: str) -> list[str]:
@@ -220,11 +221,12 @@ class BundleSettings:
         )
 
 
-def screen_image(path: str, in_channels: int, what: str) -> None:
+def screen_image(path: str, in_channels: int, what: str, max_voxels: int | None = None) -> None:
     """
     The bundle's input screening (:func:`scripts.validation.screen_items`) of one image; raises the HTTP error a
     client should get: 400 empty file, 415 unreadable (no reader takes it: not an image), 422 readable but not a
-    single-channel 3D volume with finite voxels. ``what`` names the image in the message.
+    single-channel 3D volume with finite voxels, or larger than ``max_voxels``. ``what`` names the image in the
+    message.
     """
     from scripts.validation import screen_items
 
@@ -232,7 +234,7 @@ def screen_image(path: str, in_channels: int, what: str) -> None:
         raise HTTPException(
             status_code=400, detail=f"{what}: the file is empty (0 bytes). Fix: send the volume's file."
         )
-    screening = screen_items([{"image": path}], in_channels=in_channels, num_workers=1)
+    screening = screen_items([{"image": path}], in_channels=in_channels, num_workers=1, max_voxels=max_voxels)
     if screening.failed:
         error = screening.failed[0]["error"]
         status = 415 if error.startswith("unreadable image") else 404 if error.startswith("file not found") else 422
@@ -297,7 +299,9 @@ class ClassLabelDatastore(LocalDatastore):
         image_id = image_id or os.path.basename(image_filename)[: -len(ext)]
         check_plain_name(image_id, "image id")
         self._inside(self._datastore.image_path(), image_id + ext, "image id")
-        screen_image(image_filename, self.settings.in_channels, f"uploaded file for image '{image_id}'")
+        screen_image(
+            image_filename, self.settings.in_channels, f"uploaded file for image '{image_id}'", self.settings.max_voxels
+        )
         return super().add_image(image_id, image_filename, image_info)
 
     def remove_image(self, image_id: str) -> None:
@@ -531,7 +535,9 @@ class UncertaintyStrategy(Strategy):
             key = (uri, str(weights), weights.stat().st_mtime)
             if key not in self._cache:
                 try:
-                    screen_image(uri, self.task.settings.in_channels, f"image '{image_id}'")
+                    screen_image(
+                        uri, self.task.settings.in_channels, f"image '{image_id}'", self.task.settings.max_voxels
+                    )
                 except HTTPException as e:
                     logger.warning(f"active learning skips {e.detail}")
                     continue
@@ -876,7 +882,7 @@ class CALClassificationApp(MONAILabelApp):
                 raise HTTPException(status_code=404, detail=_unknown_image(image))
             what = f"image '{image}'"
             image = store.get_image_uri(image)
-        screen_image(image, self.settings.in_channels, what)
+        screen_image(image, self.settings.in_channels, what, self.settings.max_voxels)
         return super().infer({**request, "image": image}, datastore)
 
     def infer_upload(self, request: dict[str, Any], file: UploadFile) -> dict[str, Any]:
