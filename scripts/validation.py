@@ -415,6 +415,7 @@ def validate_datalist(
     num_workers: int | None = None,
     compare_splits: Sequence[str] = ("test",),
     overlap_splits: Sequence[str] = (),
+    max_voxels: int | None = None,
 ) -> ValidationReport:
     """
     Check the ``splits`` of a decathlon-style datalist (see the module docstring for the checks).
@@ -436,6 +437,7 @@ def validate_datalist(
             not be (same file or identical voxels): each such case is a warning naming both (the metrics of a case
             the model was trained on are optimistic). A split missing from the datalist is skipped.
         num_workers: threads reading images (default: up to 4).
+        max_voxels: a case with more voxels per channel is an error (read from the file's header where it has one).
     """
     if not isinstance(datalist, Mapping):
         try:
@@ -460,7 +462,7 @@ def validate_datalist(
         validate_items(
             items, split, report, num_classes=num_classes, in_channels=in_channels, labelled=True,
             tabular_length=tabular_length, base_dir=base_dir, image_key=image_key, label_key=label_key, seen=seen,
-            num_workers=num_workers,
+            num_workers=num_workers, max_voxels=max_voxels,
         )  # fmt: skip
     for split in compare_splits:
         items = content.get(split)

@@ -88,6 +88,13 @@ def test_missing_file(data):
     assert str(data / "images" / "nowhere.nii.gz") in report.errors[0].reason  # the path that was looked for
 
 
+def test_volume_above_the_size_limit_is_refused_before_training(data):
+    _nifti(data / "images" / "case4.nii.gz", _volume(4, shape=(16, 16, 16)))  # 4,096 voxels; the others 512
+    report = _check(data, max_voxels=1000)
+    _only_error(report, "training[4]", "16x16x16 = 4,096 voxels, more than max_voxels=1,000", "raise max_voxels")
+    assert _check(data).ok  # no limit given: accepted
+
+
 def test_truncated_nifti(data):
     path = data / "images" / "case2.nii.gz"
     content = path.read_bytes()
