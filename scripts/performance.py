@@ -8,6 +8,7 @@ channels-last memory format, mixed precision on CUDA and the network's distribut
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset, ThreadDataLoader
+from monai.data.thread_buffer import buffer_iterator
 from monai.data.utils import pickle_hashing
 from monai.engines import PrepareBatchExtraInput, default_prepare_batch
 from torch import nn
@@ -26,6 +28,9 @@ __all__ = [
     "build_dataset",
     "file_state_hashing",
     "PlainTensorBatch",
+    "PrefetchDataLoader",
+    "limit_thread_intra_op",
+    "loader_class",
     "prepare_network",
     "unwrap_network",
     "amp_enabled",
@@ -193,9 +198,55 @@ def unwrap_network(network: nn.Module) -> nn.Module:
             return network
 
 
+def _omp_set_num_threads() -> Callable[[int], Any] | None:
+    """The OpenMP runtime's ``omp_set_num_threads`` that PyTorch's CPU kernels use, or None where there is none."""
+    try:
+        return ctypes.CDLL(None).omp_set_num_threads
+    except (AttributeError, OSError):  # no OpenMP runtime loaded globally (e.g. Windows, a non-OpenMP torch build)
+        return None
+
+
+def limit_thread_intra_op(threads: int) -> bool:
+    """
+    Let PyTorch's CPU kernels called from the current thread use at most ``threads`` threads, leaving every other
+    thread's setting as it is (the OpenMP team size of this thread only). ``torch.set_num_threads`` cannot do this:
+    besides the calling thread it sets the count that threads take when they first run a parallel kernel, the main
+    thread included when it has not run one yet. Returns whether the limit could be set.
+    """
+    omp_set_num_threads = _omp_set_num_threads()
+    if omp_set_num_threads is None or threads < 1:
+        return False
+    torch.get_num_threads()  # PyTorch's lazy per-thread initialisation first, so that it does not undo the limit
+    omp_set_num_threads(int(threads))
+    return torch.get_num_threads() == threads
+
+
+class PrefetchDataLoader(ThreadDataLoader):
+    """
+    MONAI's ``ThreadDataLoader``: the next batches are loaded and augmented in a background thread while the
+    training step runs, in the same order and with the same random draws as ``DataLoader`` (the transforms' own
+    random states, the sampler's order drawn when the epoch starts). The background thread's PyTorch kernels run
+    on ``intra_op_threads`` CPU threads (default 1), so that the augmentation's many small kernels do not compete
+    with the training step's thread team for the same cores; the training step's threads are unchanged.
+    """
+
+    def __init__(self, dataset: Dataset, intra_op_threads: int = 1, buffer_size: int = 2, **kwargs: Any) -> None:
+        super().__init__(dataset, buffer_size=buffer_size, **kwargs)
+        self.intra_op_threads = intra_op_threads
+
+    def __iter__(self):
+        source = DataLoader.__iter__(self)
+
+        def limited():  # runs in ThreadBuffer's thread
+            limit_thread_intra_op(self.intra_op_threads)
+            yield from source
+
+        yield from buffer_iterator(limited(), self.buffer_size, self.buffer_timeout, self.repeats)
+
+
 def loader_class(thread_loader: bool = False) -> type[DataLoader]:
-    """``ThreadDataLoader`` (batches prefetched in a background thread) if ``thread_loader``, else ``DataLoader``."""
-    return ThreadDataLoader if thread_loader else DataLoader
+    """:class:`PrefetchDataLoader` (batches prepared in a background thread) if ``thread_loader``, else ``DataLoader``."""
+    return PrefetchDataLoader if thread_loader else DataLoader
 
 
 def amp_enabled(amp: bool, device: str | torch.device) -> bool:

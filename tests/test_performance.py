@@ -13,16 +13,20 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
-from monai.transforms import Compose, LoadImaged, RandFlipd, Resized, ScaleIntensityd
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
+from monai.transforms import Compose, Lambdad, LoadImaged, RandAffined, RandFlipd, Resized, ScaleIntensityd
+from monai.utils import set_determinism
 
 from scripts import distributed
 from scripts.cal_net import CALNet
 from scripts.performance import (
     PlainTensorBatch,
+    PrefetchDataLoader,
+    _omp_set_num_threads,
     amp_enabled,
     autocast_kwargs,
     build_dataset,
+    loader_class,
     prepare_network,
     unwrap_network,
 )
@@ -77,6 +81,47 @@ def test_dataset_cache_disk_keys_files_on_the_preprocessing(tiny_dataset, tmp_pa
 def test_dataset_cache_bad_settings_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_dataset([{"image": "x.nii.gz"}], _transform(), **kwargs)
+
+
+def _augmented_batches(loader_type: type, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    augment = Compose([
+        RandFlipd("image", prob=0.5, spatial_axis=0),
+        RandAffined("image", prob=0.5, rotate_range=[0.3] * 3, scale_range=[0.1] * 3, padding_mode="zeros"),
+    ])  # fmt: skip
+    images = torch.rand(6, 1, 6, 6, 6, generator=torch.Generator().manual_seed(0))
+    set_determinism(seed=3)
+    dataset = CacheDataset([{"image": x, "label": i} for i, x in enumerate(images)], augment, progress=False)
+    loader = loader_type(dataset, batch_size=4, shuffle=True)
+    batches = [(b["image"].as_tensor(), b["label"]) for _ in range(epochs) for b in loader]
+    set_determinism(seed=None)
+    return batches
+
+
+@pytest.mark.timeout(60)
+def test_prefetch_loader_yields_the_plain_loaders_batches():
+    """The background thread changes when batches are made, not which: same order, same random augmentation."""
+    assert loader_class(True) is PrefetchDataLoader and loader_class(False) is DataLoader
+    plain, prefetched = _augmented_batches(DataLoader), _augmented_batches(PrefetchDataLoader)
+    assert len(plain) == len(prefetched) == 4
+    for (image, label), (image_prefetched, label_prefetched) in zip(plain, prefetched):
+        assert torch.equal(label, label_prefetched) and torch.equal(image, image_prefetched)
+
+
+@pytest.mark.timeout(60)
+def test_prefetch_loader_limits_the_threads_of_its_own_thread_only():
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    try:
+        record = Lambdad("image", lambda x: seen.append(torch.get_num_threads()) or x)
+        loader = PrefetchDataLoader(Dataset([{"image": torch.zeros(1, 2, 2, 2)}] * 4, record), batch_size=2)
+        assert len(list(loader)) == 2
+        assert torch.get_num_threads() == 2  # the training step's threads are unchanged
+        if _omp_set_num_threads() is None:
+            pytest.skip("no OpenMP runtime in this PyTorch build: the loader thread keeps PyTorch's thread count")
+        assert seen == [1] * 4
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def test_plain_tensor_batch_drops_metadata_only():

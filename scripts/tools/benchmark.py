@@ -190,11 +190,20 @@ DEFAULT_CONFIGS = [
     str(BUNDLE_ROOT / "configs" / "train.json"),
     str(BUNDLE_ROOT / "configs" / "synthetic_attention.json"),
 ]
+# The data pipeline's settings, taken from the first config (train.json) whatever the overlays say, so that the data
+# wait is that of the training's own loader: its cache, augmentation and loader class.
+TRAINING_DATA_KEYS = ("dataset_cache", "cache_rate", "spatial_augmentation", "num_workers", "thread_loader")
 
 
 def _bundle_parser(config_file: str | list[str], overrides: dict[str, Any]) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(config_file)
+    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    if len(files) > 1:
+        training = ConfigParser.load_config_files(files[0])
+        for key in TRAINING_DATA_KEYS:
+            if key in training:
+                parser[key] = training[key]
     parser["bundle_root"] = str(BUNDLE_ROOT)
     for key, value in overrides.items():
         parser[key] = value
@@ -383,9 +392,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num_attentions", type=int, default=32, help="M, attention maps")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds before the timed ones")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported")
-    p.add_argument("--data_steps", type=int, default=4, help="training steps timed with the default loader")
+    p.add_argument("--data_steps", type=int, default=16, help="training steps timed with the default loader")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own setting)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: the training's num_threads; 0: torch's)"
+    )
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--channels_last", action="store_true", help="channels-last (NDHWC) convolution weights")
     p.add_argument("--dataset_dir", default=None, help="a bundle data set (default: synthetic, made in a temp dir)")
@@ -405,8 +416,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark from command-line arguments; print the table (stderr) and the JSON (stdout)."""
     args = _arguments(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads
+    if threads is None:  # as training pins them
+        threads = int(ConfigParser.load_config_files(args.config_file[0]).get("num_threads", 0) or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     device = torch.device(args.device)
     amp = args.amp and device.type == "cuda"
     if args.amp and not amp:
