@@ -50,6 +50,7 @@ def build_dataset(
     cache_rate: float = 1.0,
     cache_dir: str | os.PathLike | None = None,
     num_workers: int | None = 0,
+    copy_cache: bool = True,
 ) -> Dataset:
     """
     A MONAI dataset over ``data`` that keeps the output of ``transform``'s deterministic head (loading, reorienting,
@@ -63,14 +64,18 @@ def build_dataset(
       (:func:`file_state_hashing`: an image replaced in place is prepared again) and the cached transforms, so
       changing the preprocessing (e.g. ``spatial_size``) does not reuse stale files either.
 
-    ``num_workers`` is the number of threads that fill the memory cache (0: one).
+    ``num_workers`` is the number of threads that fill the memory cache (0: one). ``copy_cache=False`` hands the
+    memory cache's items to the random transforms without a deep copy first: right when none of them changes its
+    input in place (MONAI's random transforms return new tensors), and a copy of every item per epoch saved.
     """
     if cache == "none":
         return Dataset(data=data, transform=transform)
     if cache == "memory":
         if not 0.0 <= cache_rate <= 1.0:
             raise ValueError(f"cache_rate must be in [0, 1] (the fraction of cases held in memory), got {cache_rate}.")
-        return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers or 1)
+        return CacheDataset(
+            data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers or 1, copy_cache=copy_cache
+        )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("dataset_cache 'disk' needs a folder: set dataset_cache_dir.")
