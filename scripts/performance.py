@@ -19,6 +19,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, Persistent
 from monai.data.thread_buffer import buffer_iterator
 from monai.data.utils import pickle_hashing
 from monai.engines import PrepareBatchExtraInput, default_prepare_batch
+from monai.transforms import EnsureTyped, ToDeviced, Transform
 from torch import nn
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DATASET_CACHES",
     "AMP_DTYPES",
     "build_dataset",
+    "augmentation_input",
     "file_state_hashing",
     "PlainTensorBatch",
     "PrefetchDataLoader",
@@ -87,6 +89,33 @@ def build_dataset(
             hash_transform=pickle_hashing,
         )
     raise ValueError(f"unknown dataset_cache '{cache}', choose one of {DATASET_CACHES}.")
+
+
+def augmentation_input(
+    keys: str | Sequence[str] = "image",
+    device: str | torch.device | None = None,
+    on_device: bool = False,
+    num_workers: int | None = 0,
+) -> list[Transform]:
+    """
+    The transforms between training's deterministic preprocessing (what a dataset cache keeps) and its random
+    augmentation: ``keys`` as plain tensors, so that the cache keeps no metadata for the augmentation to add to, and,
+    with ``on_device``, moved to ``device`` (MONAI's fast-training recipe: ``ToDeviced`` after the cached part, then
+    the random transforms run on the device, in the loader's thread; with ``dataset_cache`` ``memory`` the cases are
+    held on the device). The random draws are the same on either device.
+
+    Raises:
+        ValueError: ``on_device`` with loader worker processes (``num_workers`` > 0), which cannot use CUDA tensors.
+    """
+    transforms: list[Transform] = [EnsureTyped(keys=keys, track_meta=False)]
+    if on_device:
+        if num_workers:
+            raise ValueError(
+                f"augment_on_device runs the augmentation in the loader's thread, not in {num_workers} worker "
+                "processes: set num_workers 0 (and thread_loader true to overlap it with the training step)."
+            )
+        transforms.append(ToDeviced(keys=keys, device=device))
+    return transforms
 
 
 def _file_paths(value: Any) -> list[str]:

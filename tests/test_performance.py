@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, Lambdad, LoadImaged, RandAffined, RandFlipd, Resized, ScaleIntensityd
 from monai.utils import set_determinism
@@ -24,6 +26,7 @@ from scripts.performance import (
     PrefetchDataLoader,
     _omp_set_num_threads,
     amp_enabled,
+    augmentation_input,
     autocast_kwargs,
     build_dataset,
     loader_class,
@@ -32,6 +35,7 @@ from scripts.performance import (
 )
 from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle, run_spawned
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 
 
@@ -122,6 +126,33 @@ def test_prefetch_loader_limits_the_threads_of_its_own_thread_only():
         assert seen == [1] * 4
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _training_augmentation(on_device: bool) -> Compose:
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser["bundle_root"] = str(ROOT)
+    head = augmentation_input("image", torch.device("cpu"), on_device=on_device)
+    transforms = (
+        head + parser.get_parsed_content("augmentation") + parser.get_parsed_content("spatial_augmentation_transforms")
+    )
+    return Compose(transforms).set_random_state(seed=7)
+
+
+@pytest.mark.timeout(60)
+def test_augmentation_on_the_device_draws_as_on_the_cpu():
+    """The device path (ToDeviced, then train.json's augmentation) tried on CPU tensors: the same cases out."""
+    on_cpu, on_device = _training_augmentation(False), _training_augmentation(True)
+    assert [type(t).__name__ for t in on_device.transforms[:2]] == ["EnsureTyped", "ToDeviced"]
+    images = torch.rand(6, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    for image in images:
+        expected, got = on_cpu({"image": MetaTensor(image)})["image"], on_device({"image": MetaTensor(image)})["image"]
+        assert torch.equal(torch.as_tensor(got), torch.as_tensor(expected))
+
+
+def test_augmentation_on_the_device_refuses_worker_processes():
+    with pytest.raises(ValueError, match="num_workers 0"):
+        augmentation_input("image", "cuda", on_device=True, num_workers=2)
 
 
 def test_plain_tensor_batch_drops_metadata_only():
