@@ -10,6 +10,8 @@ scripts.tools.large_files check_training`` (README, Reproducibility; a step of `
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from scripts.tools.large_files import file_hash
 from tests.conftest import run_bundle
 
 
-def _train(data, out, threads: str, *extra: str) -> str:
+def _train(data: Path, out: Path, threads: str, *extra: str) -> str:
     """Train train.json's default network for one epoch on the tiny data set with ``OMP_NUM_THREADS=threads``."""
     run_bundle(
         "run", "training", "--config_file", "configs/train.json", "--dataset_dir", str(data),
@@ -33,6 +35,8 @@ def _train(data, out, threads: str, *extra: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_training_writes_the_same_weights_with_one_or_three_threads(tiny_dataset, tmp_path):
+    """A one-epoch training under OMP_NUM_THREADS=1 and 3 writes the same bytes (unpinned, ``--num_threads 0``,
+    these two runs write different weights on an x86 CPU)."""
     one, three = (_train(tiny_dataset, tmp_path / f"threads_{n}", n) for n in ("1", "3"))
     assert one == three, "num_threads no longer pins the CPU thread count: weights depend on OMP_NUM_THREADS"
 

@@ -126,7 +126,7 @@ def hashes(bundle_root: str | os.PathLike = ".", name: str = LARGE_FILES, write:
     return found
 
 
-def check_training(bundle_root: str | os.PathLike = ".", timeout: float = 900, work_dir: str | None = None) -> str:
+def check_training(bundle_root: str | os.PathLike = ".", timeout: float = 1200, work_dir: str | None = None) -> str:
     """
     Train ``configs/train.json``'s defaults on the embedded data, on the CPU, in a temporary folder (or in
     ``work_dir``, an empty folder that is kept), never in the checkout, and compare the hash of the
