@@ -65,7 +65,7 @@ def test_benchmark_command_prints_all_figures(tmp_path):
         assert 0 < r["data_wait_fraction"] < 1
         assert all(r["samples_per_s"][k] > 0 for k in ("train", "inference", "train_with_default_loader"))
         assert set(r["targets_met"]) == set(TARGETS)
-        assert len(r["raw_s"]["train"]["cal"]) == 2
+        assert len(r["raw_s"]["train"]["cal"]) == 2 and len(r["raw_s"]["data_wait"]) == 2  # one per data step
         assert all((tmp_path / "profile" / f"{r['backbone']}_{v}_train.txt").is_file() for v in ("cal", "baseline"))
         assert r["profile"]["train_cal_extra_ms_by_operator"]
     table = format_table(report["results"]).splitlines()

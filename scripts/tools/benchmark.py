@@ -144,16 +144,17 @@ def step_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
 
 def data_wait_fraction(
     loader: Iterable, step: Callable[[torch.Tensor, torch.Tensor], Any], steps: int, device: torch.device
-) -> tuple[float, float]:
+) -> tuple[float, float, list[float]]:
     """
     Run ``steps`` training steps on batches from ``loader`` (after one untimed step, which also starts the
     loader); return the fraction of the time spent waiting for the next batch (including moving it to
-    ``device``) and the samples per second of the whole loop.
+    ``device``), the samples per second of the whole loop and each step's wait in seconds.
     """
     prepare = PlainTensorBatch()
     iterator = iter(loader)
     wait = total = 0.0
     samples = 0
+    waits: list[float] = []
     for i in range(steps + 1):
         _sync(device)
         start = time.perf_counter()
@@ -168,10 +169,11 @@ def data_wait_fraction(
         step(image, label)
         _sync(device)
         if i > 0:
+            waits.append(ready - start)
             wait += ready - start
             total += time.perf_counter() - start
             samples += image.shape[0]
-    return wait / total, samples / total
+    return wait / total, samples / total, waits
 
 
 def _operator_times(fn: Callable[[], Any], device: torch.device) -> tuple[Any, dict[str, float]]:
@@ -284,7 +286,7 @@ def benchmark_backbone(
             optimizers[variant].zero_grad(set_to_none=True)
             resident = resident_bytes(networks[variant], optimizers[variant], (image, label))
             peak[part][variant] = resident + step_peak_bytes(lambda v=variant: fn(v), device)
-    wait, loader_rate = data_wait_fraction(loader, lambda x, y: train_step("cal", x, y), data_steps, device)
+    wait, loader_rate, waits = data_wait_fraction(loader, lambda x, y: train_step("cal", x, y), data_steps, device)
 
     train_s = {v: _median(train[v]) for v in VARIANTS}
     infer_s = {v: _median(inference[v]) for v in VARIANTS}
@@ -306,7 +308,7 @@ def benchmark_backbone(
             "inference": batch_size / infer_s["cal"],
             "train_with_default_loader": loader_rate,
         },
-        "raw_s": {"train": train, "inference": inference},
+        "raw_s": {"train": train, "inference": inference, "data_wait": waits},
     }
     result["targets_met"] = {key: result[key] <= limit for key, limit in TARGETS.items()}
     if profile_dir is not None:
