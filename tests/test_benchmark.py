@@ -13,7 +13,15 @@ import sys
 import pytest
 import torch
 
-from scripts.tools.benchmark import TARGETS, format_table, interleaved_times, step_peak_bytes
+from scripts.tools.benchmark import (
+    SEED_VIT_B,
+    TARGETS,
+    _arguments,
+    _rows,
+    format_table,
+    interleaved_times,
+    step_peak_bytes,
+)
 from tests.conftest import run_command
 
 TINY_ARGS = {
@@ -71,6 +79,18 @@ def test_benchmark_command_prints_all_figures(tmp_path):
     table = format_table(report["results"]).splitlines()
     assert table[0].startswith("| backbone |") and table[-1].startswith("| resnet |")
     assert "\n".join(table) in proc.stderr  # the command prints it
+
+
+def test_benchmark_rows_are_the_speed_pages_networks():
+    """--rows: the released network at train.json's size, the 0.5.0 study's 64^3 ResNet and the seed's ViT-B."""
+    rows = _rows(_arguments(["--rows", "released", "resnet64", "vit_b64"]))
+    released, resnet64, vit = rows
+    assert released[1] == resnet64[1] == "resnet" and released[3] == [28, 28, 28] and resnet64[3] == [64, 64, 64]
+    assert {k: resnet64[2][k] for k in ("conv1_t_size", "conv1_t_stride", "num_stages")} == {
+        "conv1_t_size": 5, "conv1_t_stride": 4, "num_stages": released[2]["num_stages"]
+    }  # fmt: skip
+    assert vit[1:] == ("vit", SEED_VIT_B, [64, 64, 64])
+    assert [r[0] for r in _rows(_arguments(["--backbone", "resnet", "--spatial_size", "16"]))] == ["resnet"]
 
 
 def test_benchmark_refuses_a_count_of_zero_with_a_usage_message():

@@ -57,6 +57,7 @@ from .synthetic_data import generate_synthetic_dataset
 
 __all__ = [
     "SEED_VIT_B",
+    "ROWS",
     "TARGETS",
     "interleaved_times",
     "resident_bytes",
@@ -70,6 +71,13 @@ __all__ = [
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 # the seed's ViT-B: 64^3 input, 16^3 patches (a 4x4x4 token grid), 768 wide, 12 layers, 12 heads
 SEED_VIT_B = {"patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12}
+# The rows of docs/speed.md (--rows): the released network at train.json's input size, the 64^3 network of the 0.5.0
+# study (train.json's ResNet with a 5^3, stride-4 first convolution) and the seed's ViT-B at 64^3.
+ROWS: dict[str, tuple[str, dict[str, Any], list[int] | None]] = {
+    "released": ("resnet", {}, None),
+    "resnet64": ("resnet", {"conv1_t_size": 5, "conv1_t_stride": 4}, [64, 64, 64]),
+    "vit_b64": ("vit", SEED_VIT_B, [64, 64, 64]),
+}
 TARGETS = {"train_step_ratio": 1.05, "inference_ratio": 1.02, "peak_memory_ratio": 1.05, "data_wait_fraction": 0.05}
 VARIANTS = ("cal", "baseline")
 
@@ -232,8 +240,12 @@ def benchmark_backbone(
     profile_dir: str | None = None,
     config_file: str | list[str] | None = None,
     seed: int = 0,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Measure one backbone, CAL against its baseline; returns the figures as a JSON-ready dict."""
+    """
+    Measure one backbone, CAL against its baseline; returns the figures as a JSON-ready dict. ``name`` labels the
+    row (default: the backbone) and its profiler tables.
+    """
     parser = _bundle_parser(
         config_file or DEFAULT_CONFIGS,
         {
@@ -291,7 +303,9 @@ def benchmark_backbone(
     train_s = {v: _median(train[v]) for v in VARIANTS}
     infer_s = {v: _median(inference[v]) for v in VARIANTS}
     result: dict[str, Any] = {
+        "row": name or backbone,
         "backbone": backbone,
+        "spatial_size": list(spatial_size),
         "backbone_args": dict(backbone_args),
         "parameters": sum(p.numel() for p in networks["cal"].parameters()),
         "train_step_s": train_s,
@@ -312,7 +326,7 @@ def benchmark_backbone(
     }
     result["targets_met"] = {key: result[key] <= limit for key, limit in TARGETS.items()}
     if profile_dir is not None:
-        result["profile"] = _profile(backbone, train_step, infer, device, Path(profile_dir))
+        result["profile"] = _profile(name or backbone, train_step, infer, device, Path(profile_dir))
     return result
 
 
@@ -353,7 +367,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
         return f"{values['cal'] * scale:{fmt}} / {values['baseline'] * scale:{fmt}}"
 
     header = [
-        "backbone", "parameters", f"train step s, CAL / base (ratio <= {TARGETS['train_step_ratio']})",
+        "network", "input", "parameters", f"train step s, CAL / base (ratio <= {TARGETS['train_step_ratio']})",
         f"inference s, CAL / base (ratio <= {TARGETS['inference_ratio']})",
         f"peak memory MiB, CAL / base (ratio <= {TARGETS['peak_memory_ratio']})",
         f"data wait (< {TARGETS['data_wait_fraction']:.0%})", "samples/s train, inference",
@@ -361,7 +375,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     rows = [header, ["---"] * len(header)]
     for r in results:
         rows.append([
-            r["backbone"], f"{r['parameters'] / 1e6:.1f} M",
+            r.get("row", r["backbone"]), "x".join(map(str, r.get("spatial_size", []))), _parameters(r["parameters"]),
             mark(r, "train_step_ratio", f"{pair(r['train_step_s'], 1, '.3f')} ({r['train_step_ratio']:.3f})"),
             mark(r, "inference_ratio", f"{pair(r['inference_s'], 1, '.3f')} ({r['inference_ratio']:.3f})"),
             mark(r, "peak_memory_ratio",
@@ -370,6 +384,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             f"{r['samples_per_s']['train']:.2f}, {r['samples_per_s']['inference']:.2f}",
         ])  # fmt: skip
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _parameters(count: int) -> str:
+    return f"{count / 1e6:.1f} M" if count >= 1e6 else f"{count / 1e3:.0f} K"
 
 
 def _default_backbone_args(config_file: str | list[str], backbone: str) -> dict[str, Any]:
@@ -390,6 +408,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="JSON {backbone: arguments}; defaults: the seed's ViT-B, and train.json's backbone_args for CNNs",
     )
     p.add_argument("--spatial_size", type=int, nargs="+", default=[64], help="input size, one value or three")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(ROWS),
+        default=None,
+        help="named networks, each at its own input size, instead of --backbone/--spatial_size: released (train.json's"
+        " network and size), resnet64 (first convolution 5^3 stride 4, 64^3), vit_b64 (the seed's ViT-B, 64^3)",
+    )
     p.add_argument("--batch_size", type=int, default=2)
     p.add_argument("--num_attentions", type=int, default=32, help="M, attention maps")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds before the timed ones")
@@ -415,6 +441,22 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _rows(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any], list[int]]]:
+    """(name, backbone, backbone arguments, input size) of each network to measure."""
+    if not args.rows:
+        return [
+            (b, b, args.backbone_args.get(b, _default_backbone_args(args.config_file, b)), args.spatial_size)
+            for b in args.backbone
+        ]
+    config = ConfigParser.load_config_files(args.config_file[0])
+    rows = []
+    for name in args.rows:
+        backbone, extra, size = ROWS[name]
+        backbone_args = dict(SEED_VIT_B) if backbone == "vit" else {**config["backbone_args"][backbone], **extra}
+        rows.append((name, backbone, backbone_args, list(size or config["spatial_size"])))
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark from command-line arguments; print the table (stderr) and the JSON (stdout)."""
     args = _arguments(argv)
@@ -431,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
-        "spatial_size": args.spatial_size,
+        "spatial_size": args.spatial_size if not args.rows else None,
+        "rows": args.rows,
         "num_attentions": args.num_attentions,
         "warmup": args.warmup,
         "repeats": args.repeats,
@@ -447,22 +490,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        dataset_dir = args.dataset_dir
-        if dataset_dir is None:  # enough synthetic cases for the loader's steps, at the input size
-            dataset_dir = str(Path(tmp) / "synthetic")
-            cases = args.batch_size * (args.data_steps + 2)
-            generate_synthetic_dataset(dataset_dir, size=max(args.spatial_size), num_cases=(cases, 1, 1), seed=0)
-        elif not (Path(dataset_dir) / DATALIST_NAME).is_file():
-            raise FileNotFoundError(f"--dataset_dir {dataset_dir} has no {DATALIST_NAME}; give a bundle data set.")
-        for backbone in args.backbone:
-            backbone_args = args.backbone_args.get(backbone, _default_backbone_args(args.config_file, backbone))
-            print(f"benchmarking {backbone} {backbone_args} ...", file=sys.stderr, flush=True)
+        if args.dataset_dir is not None and not (Path(args.dataset_dir) / DATALIST_NAME).is_file():
+            raise FileNotFoundError(f"--dataset_dir {args.dataset_dir} has no {DATALIST_NAME}; give a bundle data set.")
+        datasets: dict[int, str] = {}
+
+        def dataset_dir(size: Sequence[int]) -> str:  # enough synthetic cases for the loader's steps, at the size
+            if args.dataset_dir is not None:
+                return args.dataset_dir
+            if max(size) not in datasets:
+                datasets[max(size)] = str(Path(tmp) / f"synthetic_{max(size)}")
+                cases = args.batch_size * (args.data_steps + 2)
+                generate_synthetic_dataset(datasets[max(size)], size=max(size), num_cases=(cases, 1, 1), seed=0)
+            return datasets[max(size)]
+
+        for name, backbone, backbone_args, size in _rows(args):
+            print(f"benchmarking {name}: {backbone} {backbone_args} at {size} ...", file=sys.stderr, flush=True)
             results.append(
                 benchmark_backbone(
-                    backbone, backbone_args, dataset_dir, device, args.spatial_size, args.batch_size,
+                    backbone, backbone_args, dataset_dir(size), device, size, args.batch_size,
                     num_attentions=args.num_attentions, warmup=args.warmup, repeats=args.repeats,
                     data_steps=args.data_steps, amp=amp, channels_last=args.channels_last,
-                    profile_dir=args.profile, config_file=args.config_file,
+                    profile_dir=args.profile, config_file=args.config_file, name=name,
                 )
             )  # fmt: skip
     report = {"settings": settings, "results": results}
