@@ -100,19 +100,20 @@ def _parsed(files, **overrides) -> ConfigParser:
 
 
 def test_defaults_are_the_released_recipe(tiny_dataset):
-    """train.json's defaults train the released model: the recipe the comparison chose on validation (the original
-    recipe's centre loss, attention crop/drop and test-time crops, without the counterfactual) and the imbalance
-    options, on a 7x7x7 attention grid at 28^3 (the class count is the tiny set's here)."""
+    """train.json's defaults train the released model: the seed's CAL (the counterfactual term on, the original
+    recipe's centre loss, attention crop/drop and test-time crops off) with the imbalance options, on a 7x7x7 attention
+    grid at 28^3 (the class count is the tiny set's here)."""
     parser = _parsed(TRAIN, dataset_dir=str(tiny_dataset), num_classes=4)
     net = parser.get_parsed_content("network_def")
-    assert net.cal is False and net.return_features is True
+    assert net.cal is True and net.return_features is False and net.bap.counterfactual == "random"
     with torch.no_grad():
         attentions = net.eval().forward_attention(torch.zeros(1, 1, 28, 28, 28))[1]
     assert attentions.shape == (1, parser["num_attentions"], 7, 7, 7)
-    assert parser.get_parsed_content("train#inferer").enabled is True
-    assert parser.get_parsed_content("validate#inferer").enabled is True
-    assert parser.get_parsed_content("loss").center_loss is not None
-    assert parser.get_parsed_content("loss").class_weights is not None
+    assert parser.get_parsed_content("train#inferer").enabled is False
+    assert parser.get_parsed_content("validate#inferer").enabled is False
+    loss = parser.get_parsed_content("loss")
+    assert loss.center_loss is None and loss.class_weights is not None
+    assert (loss.factual_weight, loss.effect_weight) == (pytest.approx(1 / 3), 1.0)
     assert len(parser.get_parsed_content("train#spatial_augmentation")) == 1
     assert parser["backbone"] == "resnet" and parser["spatial_size"] == [28, 28, 28]
 
