@@ -612,8 +612,10 @@ class TrainingCheckpoint:
         self._objects = {**self.save_dict, "trainer": engine, "settings": _Settings(settings)}
         if self.validator is not None:
             self._objects["validator"] = _BestMetric(self.validator)
-        # restored last: nothing draws after it
-        self._objects["random_states"] = RandomStates(data_loader, getattr(engine, "network", None))
+        # the network's own generators (MONAI attaches handlers before the trainer holds its network: take the saved
+        # one); restored last: nothing draws after it
+        network = self.save_dict.get("model", getattr(engine, "network", None))
+        self._objects["random_states"] = RandomStates(data_loader, network if isinstance(network, nn.Module) else None)
         self._checkpoint = Checkpoint(
             to_save=self._objects,
             save_handler=AtomicSaver(self.path.parent, filename=self.path.name),
