@@ -77,7 +77,7 @@ def test_benchmark_command_prints_all_figures(tmp_path):
         assert all((tmp_path / "profile" / f"{r['backbone']}_{v}_train.txt").is_file() for v in ("cal", "baseline"))
         assert r["profile"]["train_cal_extra_ms_by_operator"]
     table = format_table(report["results"]).splitlines()
-    assert table[0].startswith("| backbone |") and table[-1].startswith("| resnet |")
+    assert table[0].startswith("| network | input |") and table[-1].startswith("| resnet | 16x16x16 |")
     assert "\n".join(table) in proc.stderr  # the command prints it
 
 
