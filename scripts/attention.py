@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
-from .performance import unwrap_network
+from .run.distributed import unwrap_network
 
 __all__ = ["AttentionInferer", "attention_map"]
 

@@ -29,7 +29,8 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .attention import attention_map
-from .performance import plain_tensor, unwrap_network
+from .data.loading import plain_tensor
+from .run.distributed import unwrap_network
 
 __all__ = [
     "select_attention_maps",

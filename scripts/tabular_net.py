@@ -28,7 +28,7 @@ class TabularEncoder(nn.Module):
     saved in the state dict (``models/model.pt``, TorchScript) and restored with the weights, so evaluation and
     inference apply the training split's statistics with no extra file. Without them the normalisation is the
     identity (mean 0, std 1) until :meth:`set_statistics` or a state dict sets them (in the bundle,
-    :class:`scripts.tabular.TabularStatisticsHandler` sets them from the training split when training starts).
+    :class:`scripts.run.handlers.TabularStatisticsHandler` sets them from the training split when training starts).
 
     The MLP is ``Linear -> ReLU -> Dropout`` per entry of ``hidden_channels``; its last width is the embedding size.
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.attention_scores import (
+from scripts.data.datalist import read_datalist
+from scripts.reports.attention_scores import (
     energy_fraction,
     masked_items,
     peak_distance,
@@ -24,7 +25,6 @@ from scripts.attention_scores import (
     summarize,
     summary_markdown,
 )
-from scripts.datalist import read_datalist
 from scripts.tools.score_attention import main
 from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 

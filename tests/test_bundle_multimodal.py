@@ -19,8 +19,8 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import list_data_collate
 
-from scripts.datalist import load_split
-from scripts.tabular import tabular_statistics
+from scripts.data.datalist import load_split
+from scripts.data.tabular import tabular_statistics
 from scripts.tools.multimodal_data import generate_multimodal_dataset, multimodal_class_names
 from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 

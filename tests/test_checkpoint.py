@@ -19,8 +19,8 @@ from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-import scripts.checkpoint as checkpoint_module
-from scripts.checkpoint import AtomicCheckpointSaver, RandomStates, TrainingCheckpoint, atomic_save
+import scripts.run.checkpoints as checkpoint_module
+from scripts.run.checkpoints import AtomicCheckpointSaver, RandomStates, TrainingCheckpoint, atomic_save
 from tests.conftest import ROOT
 
 
@@ -203,13 +203,13 @@ def test_audit_no_unsafe_loading_or_evaluation_in_the_bundle():
         # models are loaded only through MONAI's CheckpointLoader (weights_only=True in monai 1.6.1) or ours
         assert "torch.load" not in text and "pickle" not in text, files
         loaders = re.findall(r"'_target_': '([\w.]*CheckpointLoader)'", text)
-        assert set(loaders) <= {"CheckpointLoader", "scripts.checkpoint.ModelCheckpointLoader"}, loaders
+        assert set(loaders) <= {"CheckpointLoader", "scripts.run.checkpoints.ModelCheckpointLoader"}, loaders
 
 
 def test_weights_of_another_network_get_an_explained_error(tmp_path):
     """Inference of a model trained with other settings names the fix (the training overrides), not only the
     mismatched tensors."""
-    from scripts.checkpoint import ModelCheckpointLoader
+    from scripts.run.checkpoints import ModelCheckpointLoader
 
     torch.save(nn.Linear(3, 2).state_dict(), tmp_path / "model.pt")
     loader = ModelCheckpointLoader(str(tmp_path / "model.pt"), {"model": nn.Linear(3, 4)})
@@ -257,7 +257,7 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("kind", sorted(BAD_FILES))
 def test_every_checkpoint_problem_is_one_message_with_the_file_and_the_fix(tmp_path, kind):
-    from scripts.checkpoint import load_weights
+    from scripts.run.checkpoints import load_weights
 
     path = _bad_file(tmp_path, kind)
     with pytest.raises(SystemExit) as info:
@@ -269,7 +269,7 @@ def test_every_checkpoint_problem_is_one_message_with_the_file_and_the_fix(tmp_p
 
 
 def test_torchscript_paths_missing_or_not_torchscript(tmp_path):
-    from scripts.checkpoint import load_torchscript
+    from scripts.run.checkpoints import load_torchscript
 
     for path, problem in [
         (tmp_path / "model.ts", "no such file"),

@@ -4,7 +4,7 @@
 """
 Bad inputs through ``python -m monai.bundle run``: each ends with one message naming the input and the fix, exit
 status 1 and no traceback (or, for a one-hot label, is read as it was meant), and evaluation and inference name the
-test cases that are also training cases. The mechanism behind it (scripts/errors.py) is tested on its own too: any
+test cases that are also training cases. The mechanism behind it (scripts/run/errors.py) is tested on its own too: any
 error a bundle module raises inside MONAI's instantiation reaches the user as such a message.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from scripts.errors import _RAISE, BundleInputError, bad_input_error
+from scripts.run.errors import _RAISE, BundleInputError, bad_input_error
 from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 TIMEOUT_S = 180  # one tiny run takes seconds

@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-Configuration errors stop the run with one message naming the key, the value and the fix (scripts/config_check.py):
+Configuration errors stop the run with one message naming the key, the value and the fix (scripts/run/config_check.py):
 a misspelled override key, bad values, unwritable folders, a batch of one for BatchNorm; and the validation AUC is
 taken over the classes present.
 """
@@ -18,9 +18,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.metrics import ROCAUCMetric, compute_roc_auc
 
-from scripts.config_check import check_input_size, command_line_overrides, override_problems
-from scripts.metrics import PresentClassesROCAUC, PresentClassesROCAUCMetric
-from scripts.validation import validate_datalist
+from scripts.data.checks import validate_datalist
+from scripts.reports.metrics import PresentClassesROCAUC, PresentClassesROCAUCMetric
+from scripts.run.config_check import check_input_size, command_line_overrides, override_problems
 from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 
 CONFIGS = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "synthetic_attention.json")]

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import class_names, inference_items, load_split, one_hot_index, read_datalist, split_items
+from scripts.data.datalist import class_names, inference_items, load_split, one_hot_index, read_datalist, split_items
 from scripts.tools.synthetic_data import SYNTHETIC_CLASSES, generate_synthetic_dataset, synthetic_case
 
 
@@ -109,7 +109,7 @@ def test_split_problems_name_the_datalist_and_the_fix(tmp_path):
 def test_default_data_is_built_from_the_embedded_file_on_first_use(tmp_path):
     """The default --dataset_dir is converted from the AdrenalMNIST3D file shipped in docs/data (official splits,
     class names), once; the second read finds it."""
-    from scripts.default_data import prepare_default_data
+    from scripts.data.default_data import prepare_default_data
     from tests.conftest import ROOT
 
     default = tmp_path / "data" / "adrenalmnist3d"
@@ -162,8 +162,8 @@ def test_inference_items_from_datalist_folder_and_file(tiny_dataset, tmp_path):
 def test_a_relative_datalist_path_resolves_each_image_once(tiny_dataset, monkeypatch):
     """The README's commands run from the bundle's folder with bundle_root '.', so the datalist's path is relative:
     its images must resolve once (absolute), for the data check as for the loaders."""
-    from scripts.datalist import read_datalist
-    from scripts.validation import require_valid_datalist
+    from scripts.data.checks import require_valid_datalist
+    from scripts.data.datalist import read_datalist
 
     monkeypatch.chdir(tiny_dataset.parent)
     parsed = read_datalist(f"{tiny_dataset.name}/datalist.json")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.engine import set_num_threads
-from scripts.errors import BundleInputError
+from scripts.run.engine import set_num_threads
+from scripts.run.errors import BundleInputError
 from scripts.tools.large_files import file_hash
 from tests.conftest import run_bundle
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from scripts import distributed
+from scripts.run import distributed
 from tests.conftest import EVALUATE, ROOT, TINY_OVERRIDES, run_bundle, run_command, run_spawned
 
 MULTI_GPU = "['configs/train.json','configs/synthetic_attention.json','configs/multi_gpu_train.json']"
@@ -180,7 +180,7 @@ def _evaluate(output_dir: str) -> dict:
     from monai.bundle import ConfigParser
     from monai.data import DistributedSampler
 
-    from scripts.handlers import ClassificationReport
+    from scripts.run.handlers import ClassificationReport
 
     items = _validation_outputs()
     parser = ConfigParser()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 
-from scripts.engine import optional_items
-from scripts.imbalance import class_counts, inverse_frequency_weights, resolve_class_weights, training_sampler
+from scripts.data.imbalance import class_counts, inverse_frequency_weights, resolve_class_weights, training_sampler
+from scripts.run.engine import optional_items
 
 ITEMS = [{"image": f"c{i}.nii.gz", "label": 0} for i in range(6)] + [{"image": "c6.nii.gz", "label": 1},
                                                                      {"image": "c7.nii.gz", "label": 1}]  # fmt: skip

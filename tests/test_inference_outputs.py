@@ -23,9 +23,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged
 
-from scripts.datalist import class_names, inference_class_names, inference_items, read_datalist
-from scripts.outputs import CaseNameFormatter, atomic_write_text, separate_output_dir, unique_case_names
-from scripts.performance import build_dataset, file_state_hashing
+from scripts.data.datalist import class_names, inference_class_names, inference_items, read_datalist
+from scripts.data.loading import build_dataset, file_state_hashing
+from scripts.reports.outputs import CaseNameFormatter, atomic_write_text, separate_output_dir, unique_case_names
 from tests.conftest import ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, run_bundle
 
 

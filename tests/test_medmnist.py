@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.medmnist import MEDMNIST_3D_LABELS, convert_npz, subset_name
+from scripts.data.medmnist import MEDMNIST_3D_LABELS, convert_npz, subset_name
 from scripts.tools.convert_medmnist import main
 from tests.conftest import SHARED, TINY_OVERRIDES, run_bundle
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.metrics import classification_metrics
+from scripts.reports.metrics import classification_metrics
 
 
 def test_metrics_on_a_hand_counted_example():

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import load_split
-from scripts.tabular import tabular_statistics
+from scripts.data.datalist import load_split
+from scripts.data.tabular import tabular_statistics
 from scripts.tools.multimodal_data import generate_multimodal_dataset, multimodal_class_names, tabular_case
 
 _OFFSETS = np.array([60.0, 5.0, 120.0, 0.5, -20.0, 1000.0, 3.0, 40.0])

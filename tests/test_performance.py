@@ -19,20 +19,18 @@ from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, Persistent
 from monai.transforms import Compose, Lambdad, LoadImaged, RandAffined, RandFlipd, Resized, ScaleIntensityd
 from monai.utils import set_determinism
 
-from scripts import distributed
 from scripts.cal_net import CALNet
-from scripts.performance import (
+from scripts.data.loading import (
     PlainTensorBatch,
     PrefetchDataLoader,
     _omp_set_num_threads,
-    amp_enabled,
     augmentation_input,
-    autocast_kwargs,
     build_dataset,
     loader_class,
-    prepare_network,
-    unwrap_network,
 )
+from scripts.run import distributed
+from scripts.run.distributed import prepare_network, unwrap_network
+from scripts.run.engine import amp_enabled, autocast_kwargs
 from tests.conftest import TINY_OVERRIDES, TRAIN, run_bundle, run_spawned
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from monai.metrics import compute_roc_auc
 
-from scripts.metrics import classification_metrics, confusion_matrix, roc_curve
-from scripts.plots import SaliencyPanel, save_classification_plots, save_confusion_matrix, save_montage
+from scripts.reports.metrics import classification_metrics, confusion_matrix, roc_curve
+from scripts.reports.plots import SaliencyPanel, save_classification_plots, save_confusion_matrix, save_montage
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,7 @@ from monai.networks.utils import eval_mode
 from torch import nn
 
 from scripts.cal_net import CALNet
-from scripts.saliency import SaliencyInferer, grad_cam, normalize_per_case
+from scripts.reports.saliency import SaliencyInferer, grad_cam, normalize_per_case
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 

@@ -4,7 +4,7 @@
 """
 On/off settings typed on the command line: ``python -m monai.bundle run ... --cal false`` hands the configs the
 string ``"false"`` (only ``False`` becomes a bool), which Python would read as true. The configs convert every
-switch once, in their ``switches`` item (:func:`scripts.engine.read_switches`), and the code gets plain bools.
+switch once, in their ``switches`` item (:func:`scripts.run.engine.read_switches`), and the code gets plain bools.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, ThreadDataLoader
 
-from scripts.engine import read_switches
+from scripts.run.engine import read_switches
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from scripts.cal_net import CALNet
-from scripts.datalist import load_split
-from scripts.tabular import (
-    TabularStatisticsHandler,
+from scripts.data.datalist import load_split
+from scripts.data.tabular import (
     TabularVectord,
     attach_tabular,
     case_id,
@@ -24,6 +23,7 @@ from scripts.tabular import (
     tabular_statistics,
     tabular_vector,
 )
+from scripts.run.handlers import TabularStatisticsHandler
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 

@@ -17,8 +17,8 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, Orientationd, Resize, Resized, ScaleIntensityd
 
-from scripts.transforms import BoundedResize, BoundedResized, VoxelLimitd, block_sizes, image_shape
-from scripts.validation import screen_items
+from scripts.data.checks import screen_items
+from scripts.data.transforms import BoundedResize, BoundedResized, VoxelLimitd, block_sizes, image_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -120,7 +120,7 @@ def test_inference_screening_reports_an_oversized_case_and_keeps_the_others(tmp_
 
 
 def test_resampling_warning_names_the_factor(caplog):
-    caplog.set_level(logging.WARNING, logger="scripts.transforms")
+    caplog.set_level(logging.WARNING, logger="scripts.data.transforms")
     image = MetaTensor(torch.zeros(1, 160, 160, 60), meta={"filename_or_obj": "ct.nii.gz"})
     BoundedResize((28, 28, 28), warn_factor=4.0)(image)
     assert len(caplog.records) == 1
@@ -133,7 +133,7 @@ def test_resampling_warning_names_the_factor(caplog):
 
 
 def test_resampling_warning_from_the_training_spacing(caplog):
-    caplog.set_level(logging.WARNING, logger="scripts.transforms")
+    caplog.set_level(logging.WARNING, logger="scripts.data.transforms")
     affine = torch.diag(torch.tensor([5.0, 5.0, 5.0, 1.0], dtype=torch.float64))  # 28 x 5 mm -> 5 mm voxels
     image = MetaTensor(torch.zeros(1, 28, 28, 28), affine=affine)
     BoundedResize((28, 28, 28), warn_factor=4.0, reference_spacing=(1.0, 1.0, 1.0))(image)

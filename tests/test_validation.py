@@ -14,8 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import read_datalist
-from scripts.validation import (
+from scripts.data.checks import (
     DataValidationError,
     check_datalist,
     exit_if_failed,
@@ -23,6 +22,7 @@ from scripts.validation import (
     screen_items,
     validate_datalist,
 )
+from scripts.data.datalist import read_datalist
 
 NUM_CLASSES = 3
 
@@ -363,7 +363,7 @@ def test_inference_on_a_datalist_warns_about_its_training_cases(data, caplog):
 
 
 def test_a_label_list_that_is_not_one_hot_is_reported_not_a_crash(data):
-    """One-hot labels are read as indices (scripts.datalist); any other list is a data error naming the case."""
+    """One-hot labels are read as indices (scripts.data.datalist); any other list is a data error naming the case."""
     _edit(data, "training", 0, label=[0, 1, 0])
     _edit(data, "training", 1, label=[0.5, 0.5])
     _edit(data, "validation", 0, label=[1, 1, 0])

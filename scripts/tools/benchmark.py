@@ -51,8 +51,9 @@ from monai.bundle import ConfigParser
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from ..datalist import DATALIST_NAME
-from ..performance import PlainTensorBatch, prepare_network
+from ..data.datalist import DATALIST_NAME
+from ..data.loading import PlainTensorBatch
+from ..run.distributed import prepare_network
 from .synthetic_data import generate_synthetic_dataset
 
 __all__ = [

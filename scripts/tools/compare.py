@@ -573,8 +573,8 @@ def _ensure_data(dataset_dir: Path) -> None:
     A clear error when ``dataset_dir`` has no datalist; the bundle's default folder (``data/adrenalmnist3d``) is
     built from the embedded AdrenalMNIST3D first, as ``configs/train.json`` does on first use.
     """
-    from ..datalist import DATALIST_NAME
-    from ..default_data import prepare_default_data
+    from ..data.datalist import DATALIST_NAME
+    from ..data.default_data import prepare_default_data
 
     default = BUNDLE_ROOT / "data" / "adrenalmnist3d"
     if dataset_dir == default.resolve():

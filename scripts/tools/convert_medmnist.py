@@ -6,7 +6,7 @@ Convert a MedMNIST 3D ``.npz`` into NIfTI volumes and the bundle's datalist (off
 
     python -m scripts.tools.convert_medmnist --npz organmnist3d.npz --output_dir data/organ28
 
-(the conversion is :func:`scripts.medmnist.convert_npz`, which also builds the embedded default data set).
+(the conversion is :func:`scripts.data.medmnist.convert_npz`, which also builds the embedded default data set).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 
 from monai.transforms import LoadImage
 
-from ..medmnist import MEDMNIST_3D_LABELS, SPLITS, convert_npz
+from ..data.medmnist import MEDMNIST_3D_LABELS, SPLITS, convert_npz
 
 __all__ = ["main"]
 

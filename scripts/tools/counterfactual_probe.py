@@ -6,7 +6,7 @@ What a trained CAL network's attention and counterfactual look like, per case of
 (:mod:`scripts.tools.compare`) to log per row and seed:
 
 - ``attention_mass``: the share of the attention map's sum (mean of the M maps, trilinear to the input size, scaled
-  to [0, 1] per case: :func:`scripts.attention_scores.energy_fraction`) inside the structure, the voxels above
+  to [0, 1] per case: :func:`scripts.reports.attention_scores.energy_fraction`) inside the structure, the voxels above
   ``foreground`` (AdrenalMNIST3D's volumes are shape masks, so the foreground is the gland);
 - ``crop_share``: the volume share of the test-time crop box (:func:`scripts.recipe.crop_boxes` at the recipe's
   validation threshold 0.1 and padding 0.05), how focused the attention is;
@@ -45,9 +45,9 @@ def _case_figures(
 ) -> dict[str, float]:
     """The probe's figures for one preprocessed image (1, C, D, H, W) of class ``label``."""
     from scripts.attention import attention_map
-    from scripts.attention_scores import energy_fraction
     from scripts.cal_net import counterfactual_attention
     from scripts.recipe import crop_boxes
+    from scripts.reports.attention_scores import energy_fraction
 
     features = network.backbone(image)
     attentions = network.attention(features)
@@ -105,7 +105,7 @@ def probe_run(
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    from scripts.checkpoint import load_weights
+    from scripts.run.checkpoints import load_weights
 
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / c) for c in config_files])

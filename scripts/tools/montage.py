@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import SaliencyPanel, save_montage
+from ..reports.plots import SaliencyPanel, save_montage
 
 __all__ = ["load_maps", "montage_rows", "main"]
 
@@ -47,7 +47,7 @@ def montage_rows(
     num_cases: int = 3,
 ) -> list[tuple[str, list[SaliencyPanel]]]:
     """
-    Montage rows for :func:`scripts.plots.save_montage`: for each case (``cases``, or the first ``num_cases`` that
+    Montage rows for :func:`scripts.reports.plots.save_montage`: for each case (``cases``, or the first ``num_cases`` that
     every run has), one panel per run with its ``map_key`` map and prediction.
     """
     common = sorted(set.intersection(*(set(run) for run in runs)))

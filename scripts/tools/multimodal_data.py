@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datalist import DATALIST_NAME, SPLITS
-from ..dataset_writer import staged_folder, write_nifti
+from ..data.datalist import DATALIST_NAME, SPLITS
+from ..data.dataset_writer import staged_folder, write_nifti
 from .synthetic_data import SYNTHETIC_CLASSES, synthetic_affine, synthetic_case
 
 __all__ = ["TABULAR_GROUPS", "TABULAR_CSV", "multimodal_class_names", "tabular_case", "generate_multimodal_dataset"]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..attention_scores import summary_markdown
+from ..reports.attention_scores import summary_markdown
 
 __all__ = ["main"]
 

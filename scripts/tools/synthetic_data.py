@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..datalist import DATALIST_NAME, SPLITS
-from ..dataset_writer import staged_folder, write_nifti
+from ..data.datalist import DATALIST_NAME, SPLITS
+from ..data.dataset_writer import staged_folder, write_nifti
 
 __all__ = ["SYNTHETIC_CLASSES", "synthetic_case", "synthetic_affine", "generate_synthetic_dataset", "main"]
 

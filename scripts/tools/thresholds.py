@@ -13,7 +13,7 @@ ranks the cases with where its probabilities happen to sit. The rule here, the s
   the one that maximises macro F1; the candidates are the midpoints between consecutive distinct validation
   probabilities and one below and one above them all; ties go to the candidate closest to 0.5 (the argmax rule);
 - that threshold is applied, unchanged, to the test predictions, and the test accuracy, balanced accuracy and macro
-  F1 are computed with :func:`scripts.metrics.classification_metrics` (the definitions of the bundle's own report).
+  F1 are computed with :func:`scripts.reports.metrics.classification_metrics` (the definitions of the bundle's own report).
 
 Multi-class tasks have no single threshold: :func:`validation_threshold_metrics` returns None for them and the
 comparison reports argmax metrics only.
@@ -27,14 +27,14 @@ from collections.abc import Sequence
 
 __all__ = ["read_predictions", "metrics_at_threshold", "choose_threshold", "validation_threshold_metrics"]
 
-# What a thresholded evaluation reports, from scripts.metrics.classification_metrics.
+# What a thresholded evaluation reports, from scripts.reports.metrics.classification_metrics.
 THRESHOLDED = ("accuracy", "balanced_accuracy", "f1_macro")
 
 
 def read_predictions(path: str | os.PathLike) -> tuple[list[list[float]], list[int], list[str]]:
     """
     Class probabilities (one list per case), true labels and class names from a ``predictions.csv`` written by
-    :class:`scripts.handlers.ClassificationReport` (``label`` and ``prob_<class name>`` columns, in class order);
+    :class:`scripts.run.handlers.ClassificationReport` (``label`` and ``prob_<class name>`` columns, in class order);
     rows of cases that failed (no probabilities) are left out.
     """
     with open(path, newline="") as f:
@@ -55,7 +55,7 @@ def metrics_at_threshold(positive_probs: Sequence[float], labels: Sequence[int],
     """Accuracy, balanced accuracy and macro F1 of a binary task when a case is positive iff ``p >= threshold``."""
     import torch
 
-    from ..metrics import classification_metrics
+    from ..reports.metrics import classification_metrics
 
     preds = (torch.as_tensor(positive_probs, dtype=torch.float64) >= threshold).long()
     # one-hot "probabilities" whose argmax is the thresholded decision: the report's definitions, unchanged

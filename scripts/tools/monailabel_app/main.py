@@ -9,7 +9,7 @@ Label"):
   predicted class and the class probabilities (JSON, ``output=json``), and the attention map as a NIfTI volume in the
   input's geometry, the map the bundle's ``inferring`` writes as ``<case>_attention.nii.gz`` (``output=image``, or
   both as multipart with ``output=all``, what 3D Slicer asks for).
-* Bad requests are answered 4xx with the bundle's own input screening message (:func:`scripts.validation.screen_items`):
+* Bad requests are answered 4xx with the bundle's own input screening message (:func:`scripts.data.checks.screen_items`):
   404 for an image id the datastore does not have, 400 for an empty file, 415 for a file no image reader reads (not
   an image, text renamed ``.nii.gz``), 422 for an image that is not a single-channel 3D volume with finite voxels
   (a PNG, a 2D NIfTI, a 3-channel volume); the server keeps serving.
@@ -223,12 +223,12 @@ class BundleSettings:
 
 def screen_image(path: str, in_channels: int, what: str, max_voxels: int | None = None) -> None:
     """
-    The bundle's input screening (:func:`scripts.validation.screen_items`) of one image; raises the HTTP error a
+    The bundle's input screening (:func:`scripts.data.checks.screen_items`) of one image; raises the HTTP error a
     client should get: 400 empty file, 415 unreadable (no reader takes it: not an image), 422 readable but not a
     single-channel 3D volume with finite voxels, or larger than ``max_voxels``. ``what`` names the image in the
     message.
     """
-    from scripts.validation import screen_items
+    from scripts.data.checks import screen_items
 
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise HTTPException(
@@ -730,7 +730,7 @@ class BundleTrainingTask(TrainTask):
             finetune = {
                 "app_initialize": [
                     "@initialize",
-                    {"_target_": "scripts.checkpoint.load_weights", "path": str(init), "network": "@network",
+                    {"_target_": "scripts.run.checkpoints.load_weights", "path": str(init), "network": "@network",
                      "map_location": "@device"},
                 ]
             }  # fmt: skip

@@ -23,7 +23,6 @@ them by the training split's mean and flags them (see :class:`scripts.tabular_ne
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 import warnings
@@ -35,13 +34,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
-from monai.utils import min_version, optional_import
-from torch import nn
 
-from .handlers import case_name
-from .performance import unwrap_network
-
-Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+from ..reports.outputs import case_name
 
 __all__ = [
     "MISSING_TOKENS",
@@ -52,7 +46,6 @@ __all__ = [
     "attach_tabular",
     "tabular_statistics",
     "TabularVectord",
-    "TabularStatisticsHandler",
 ]
 
 MISSING_TOKENS = ("", "na", "nan", "n/a", "null", "none")
@@ -219,36 +212,3 @@ class TabularVectord(MapTransform):
                 continue
             d[key] = torch.from_numpy(tabular_vector(d.get(key), self.length, case_id(d)))
         return d
-
-
-class TabularStatisticsHandler:
-    """
-    Ignite handler for the trainer: when training starts, computes the training split's tabular normalisation
-    (:func:`tabular_statistics` of ``items``) and stores it in the network's tabular branch, whose buffers are then
-    saved with the weights (``models/model.pt``). A network without a tabular branch is left alone.
-
-    Args:
-        network: the CAL network (possibly wrapped by DistributedDataParallel).
-        items: the training split's datalist items.
-        key: the items' key of the tabular values.
-    """
-
-    def __init__(self, network: nn.Module, items: Sequence[Mapping[str, Any]], key: str = "tabular") -> None:
-        self.network = network
-        self.items = items
-        self.key = key
-        self.logger = logging.getLogger(self.__class__.__name__)
-
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Any = None) -> None:
-        encoder = getattr(unwrap_network(self.network), "tabular", None)
-        if encoder is None:
-            return
-        stats = tabular_statistics(self.items, encoder.in_features, self.key)
-        encoder.set_statistics(stats["mean"], stats["std"])
-        self.logger.info(
-            f"tabular normalisation from {len(self.items)} training cases: mean {np.round(stats['mean'], 4).tolist()}, "
-            f"std {np.round(stats['std'], 4).tolist()}"
-        )

@@ -4,7 +4,7 @@
 """
 Data checks that run before any training or inference time is spent.
 
-:func:`validate_datalist` takes a decathlon-style datalist (parsed by :func:`scripts.datalist.read_datalist`, or
+:func:`validate_datalist` takes a decathlon-style datalist (parsed by :func:`scripts.data.datalist.read_datalist`, or
 its file) and checks every case of the chosen splits: the image
 file exists, MONAI's ``LoadImage`` reads it, it is a 3D volume with ``in_channels`` channels and finite voxels; the
 label is an integer in ``[0, num_classes)``; no case is listed twice (same file, or same voxels under another
@@ -37,8 +37,8 @@ import torch
 from monai.transforms import LoadImage
 
 from .datalist import DATALIST_NAME, read_datalist
-from .errors import BundleInputError
-from .outputs import atomic_write_text, case_name, unique_case_names
+from ..run.errors import BundleInputError
+from ..reports.outputs import atomic_write_text, case_name, unique_case_names
 from .transforms import image_shape, voxel_limit_problem
 
 __all__ = [
@@ -157,7 +157,7 @@ def check_image(
     Check one image the way the bundle will read it (``LoadImage(image_only=True, ensure_channel_first=True)``):
     it exists, it is readable, it is a 3D volume (C, D, H, W) with ``in_channels`` channels and no NaN/Inf voxels,
     and (``max_voxels``) not larger than that per channel: from the file's header before loading where it has one
-    (:func:`scripts.transforms.image_shape`). ``image`` is a path or a list of paths (one image). Returns an
+    (:func:`scripts.data.transforms.image_shape`). ``image`` is a path or a list of paths (one image). Returns an
     :class:`ImageCheck`.
     """
     result = ImageCheck()
@@ -421,7 +421,7 @@ def validate_datalist(
     Check the ``splits`` of a decathlon-style datalist (see the module docstring for the checks).
 
     Args:
-        datalist: the datalist parsed by :func:`scripts.datalist.read_datalist` (what the bundle passes: the
+        datalist: the datalist parsed by :func:`scripts.data.datalist.read_datalist` (what the bundle passes: the
             file is read once per run), or its file, read here; image paths in the file are relative to its folder.
         splits: the splits to check; each must exist and be non-empty.
         num_classes: labels must lie in ``[0, num_classes)``; None checks only that they are non-negative integers.
@@ -557,12 +557,12 @@ def screen_items(
     """
     Check inference items (the same image twice is allowed) and keep the good ones, so that a bad case does not
     stop the others. Each failed case becomes ``{"case", "image", "error"}`` (``case``: its name from
-    :func:`scripts.outputs.unique_case_names`); the error names the reason and the fix. With ``tabular_length``
+    :func:`scripts.reports.outputs.unique_case_names`); the error names the reason and the fix. With ``tabular_length``
     set, each item's ``"tabular"`` vector is checked too; with ``max_voxels``, each image's size (a larger one fails
     its case). Labels (from a datalist) are checked when present: one not an integer in ``[0, num_classes)`` fails
     its case; when some items have a label and others none, the others get label -1 (their predictions are
     written, the metrics leave them out with a warning).
-    When ``source`` (what inference reads, see :func:`scripts.datalist.inference_items`) is a datalist with a
+    When ``source`` (what inference reads, see :func:`scripts.data.datalist.inference_items`) is a datalist with a
     ``training`` split and ``split`` is another, a case that is also a training case (same file or identical
     voxels) is a warning naming both.
     """

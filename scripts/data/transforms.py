@@ -14,7 +14,7 @@ Preprocessing of inputs of any size in bounded memory and time.
   with voxels that many times larger or smaller than the training data's). Inverts like ``Resize``.
 - :class:`VoxelLimitd`: refuses, before loading, an image (path, read from its header; or a loaded (C, D, H, W)
   array) with more than ``max_voxels`` voxels per channel; :func:`voxel_limit_problem` is the check, also used by
-  the data check (:mod:`scripts.validation`).
+  the data check (:mod:`scripts.data.checks`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from monai.transforms.inverse import TraceableTransform
 from monai.transforms.utils import scale_affine
 from monai.utils import TraceKeys, convert_to_dst_type, convert_to_tensor, fall_back_tuple
 
-from .errors import input_error
+from ..run.errors import input_error
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
@@ -108,7 +108,7 @@ def _name(img: Any) -> str:
 class VoxelLimitd(MapTransform):
     """
     Refuse an image with more than ``max_voxels`` voxels per channel, with the reason and the fix
-    (:func:`scripts.errors.input_error`'s form, raised as ``ValueError`` so that a server answers the request and
+    (:func:`scripts.run.errors.input_error`'s form, raised as ``ValueError`` so that a server answers the request and
     keeps running). Before ``LoadImaged``, ``data[key]`` is a path whose header gives the shape (see
     :func:`image_shape`; a format without one is checked after loading by :class:`BoundedResize`); after it, the
     loaded array (C, D, H, W). ``max_voxels=None`` disables the check.

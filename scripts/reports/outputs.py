@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .errors import stop
+from ..run.errors import stop
 
 __all__ = [
     "case_name",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,7 +14,20 @@ import torch
 
 from .errors import stop
 
-__all__ = ["split_metrics", "read_switches", "optional_items", "use_deterministic_algorithms", "set_num_threads"]
+__all__ = [
+    "AMP_DTYPES",
+    "split_metrics",
+    "read_switches",
+    "optional_items",
+    "use_deterministic_algorithms",
+    "set_num_threads",
+    "amp_enabled",
+    "autocast_kwargs",
+]
+
+AMP_DTYPES = ("bfloat16", "float16")
+
+logger = logging.getLogger(__name__)
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0", "none", "null", "")
@@ -32,7 +46,7 @@ def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any],
 def read_switches(**switches: Any) -> dict[str, bool]:
     """
     Every on/off setting of a config as a real ``bool``, converted once where the config is read: the configs hold
-    ``"switches": {"_target_": "scripts.engine.read_switches", "cal": "@cal", ...}`` and their consumers read
+    ``"switches": {"_target_": "scripts.run.engine.read_switches", "cal": "@cal", ...}`` and their consumers read
     ``"$@switches['cal']"``, so that the code they reach gets plain bools.
 
     ``python -m monai.bundle run ... --cal false`` passes the string ``"false"`` (the command line parser only turns
@@ -87,3 +101,21 @@ def set_num_threads(num_threads: int | str | None) -> int:
     if int(text) > 0:
         torch.set_num_threads(int(text))
     return torch.get_num_threads()
+
+
+def amp_enabled(amp: bool, device: str | torch.device) -> bool:
+    """
+    Whether MONAI's engines should run with automatic mixed precision: ``amp`` on a CUDA ``device``. MONAI's
+    engines autocast on CUDA only, so on other devices a requested ``amp`` is ignored with a warning.
+    """
+    if amp and torch.device(device).type != "cuda":
+        logger.warning("amp (mixed precision) runs on CUDA devices only; training on %s in float32.", device)
+        return False
+    return amp
+
+
+def autocast_kwargs(dtype: str = "bfloat16") -> dict[str, Any]:
+    """``torch.autocast`` arguments for mixed precision in ``dtype``: ``"bfloat16"`` or ``"float16"``."""
+    if dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got '{dtype}'.")
+    return {"dtype": getattr(torch, dtype)}

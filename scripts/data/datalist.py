@@ -24,7 +24,8 @@ from typing import Any
 
 from monai.data.decathlon_datalist import _append_paths
 
-from .errors import stop
+from ..run.errors import stop
+from .dataset_writer import DATALIST_NAME, SPLITS
 from .tabular import attach_tabular
 
 __all__ = [
@@ -41,15 +42,13 @@ __all__ = [
     "inference_class_names",
 ]
 
-DATALIST_NAME = "datalist.json"
-SPLITS = ("training", "validation", "test")
 
 
 def ensure_datalist(dataset_dir: str | os.PathLike, datalist: str = DATALIST_NAME) -> str:
     """
     Path of ``dataset_dir/datalist``. A folder that does not exist (with the nearest existing name beside it, for a
     misspelt one), is empty, or holds files but no datalist ends the run naming the folder and the fix
-    (:func:`scripts.errors.stop`).
+    (:func:`scripts.run.errors.stop`).
     """
     root = Path(dataset_dir)
     path = root / datalist
@@ -100,9 +99,9 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
     ``load_decathlon_datalist`` resolves them (``"image"`` made absolute from the datalist's folder, other entries
     too when they name an existing file, e.g. ``"mask"``; a test split of bare paths becomes ``{"image": path}``
     items), a one-hot ``"label"`` (``[0, 1, 0]``) made its class index (``1``), with their ``"tabular"`` values
-    from the datalist's ``"tabular_csv"`` when it names one (:mod:`scripts.tabular`), and ``"path"``, the file's
+    from the datalist's ``"tabular_csv"`` when it names one (:mod:`scripts.data.tabular`), and ``"path"``, the file's
     path. Items that are not objects, and labels that are neither, are kept as they are, for the data check
-    (:mod:`scripts.validation`) to report. A file that is not a JSON object ends the run naming it and the fix.
+    (:mod:`scripts.data.checks`) to report. A file that is not a JSON object ends the run naming it and the fix.
     """
     path = Path(path).absolute()  # items resolve to absolute paths, whatever the working folder of later readers
     what = f"datalist '{path}'"
@@ -174,7 +173,7 @@ def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict
     Items to run inference on: the ``split`` of a datalist file, of the ``datalist.json`` inside a folder, one
     NIfTI volume (``*.nii``, ``*.nii.gz``) given as a file, or, for a folder without a datalist, every NIfTI volume
     in it, sorted by name. A missing or empty folder, a datalist that is not a JSON object or lacks ``split``
-    end the run with a message naming the input and the fix (:func:`scripts.errors.stop`).
+    end the run with a message naming the input and the fix (:func:`scripts.run.errors.stop`).
     """
     path = Path(source)
     if path.is_dir() and (path / DATALIST_NAME).is_file():

@@ -1,7 +1,10 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""Event handlers that write what a user opens after evaluation or inference: per-case CSV and metrics JSON."""
+"""
+Event handlers of the bundle's engines: the evaluation report a user opens (per-case CSV and metrics JSON) and the
+training split's tabular normalisation, set in the network when training starts.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +17,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from monai.data import decollate_batch
 from monai.utils import evenly_divisible_all_gather, min_version, optional_import, string_list_all_gather
+from torch import nn
 
-from .distributed import get_rank
-from .metrics import classification_metrics
-from .outputs import atomic_write_text, case_name
+from ..data.tabular import tabular_statistics
+from ..reports.metrics import classification_metrics
+from ..reports.outputs import atomic_write_text, case_name
+from .distributed import get_rank, unwrap_network
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
 
-__all__ = ["case_name", "ClassificationReport"]
+__all__ = ["case_name", "ClassificationReport", "TabularStatisticsHandler"]
 
 
 class ClassificationReport:
@@ -39,9 +45,9 @@ class ClassificationReport:
 
     - ``predictions_file``: one row per case with ``case``, ``image``, ``label``/``label_name`` (if known),
       ``pred``/``pred_name`` and ``prob_<class name>`` per class;
-    - ``metrics_file`` (when labels are present): :func:`scripts.metrics.classification_metrics` as JSON;
+    - ``metrics_file`` (when labels are present): :func:`scripts.reports.metrics.classification_metrics` as JSON;
     - ``roc.png`` and ``confusion_matrix.png`` (when labels are present and ``plots`` is True): see
-      :func:`scripts.plots.save_classification_plots`.
+      :func:`scripts.reports.plots.save_classification_plots`.
 
     Args:
         output_dir: folder of the files, created when missing.
@@ -52,10 +58,10 @@ class ClassificationReport:
         label_key: key of the true class index in the engine's output.
         image_key: key of the image, whose ``filename_or_obj`` meta names the case.
         failed: cases that could not be run (``{"case", "image", "error"}`` each, e.g. from
-            :func:`scripts.validation.screen_items`); when given, the CSV gets an ``error`` column, empty for the
+            :func:`scripts.data.checks.screen_items`); when given, the CSV gets an ``error`` column, empty for the
             cases that ran, and one row per failed case after them.
         plots: write the ROC curves and the confusion matrix as PNG next to the metrics.
-        case_names: unique case name per image path (:func:`scripts.outputs.unique_case_names`, as the attention
+        case_names: unique case name per image path (:func:`scripts.reports.outputs.unique_case_names`, as the attention
             maps are named); the ``case`` column of images not in it is their :func:`case_name`.
 
     Every file is written atomically: a run that fails keeps the previous one whole. When only some cases have a
@@ -169,6 +175,40 @@ class ClassificationReport:
             )
             self.logger.info(f"test metrics ({self.metrics['num_cases']} cases): {summary}")
         if has_labels and self.plots:
-            from .plots import save_classification_plots  # matplotlib is loaded only when pictures are wanted
+            from ..reports.plots import save_classification_plots  # matplotlib is loaded only when pictures are wanted
 
             save_classification_plots(probs, labels, self.metrics, self.output_dir)
+
+
+class TabularStatisticsHandler:
+    """
+    Ignite handler for the trainer: when training starts, computes the training split's tabular normalisation
+    (:func:`scripts.data.tabular.tabular_statistics` of ``items``) and stores it in the network's tabular branch,
+    whose buffers are then saved with the weights (``models/model.pt``). A network without a tabular branch is left
+    alone.
+
+    Args:
+        network: the CAL network (possibly wrapped by DistributedDataParallel).
+        items: the training split's datalist items.
+        key: the items' key of the tabular values.
+    """
+
+    def __init__(self, network: nn.Module, items: Sequence[Mapping[str, Any]], key: str = "tabular") -> None:
+        self.network = network
+        self.items = items
+        self.key = key
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any = None) -> None:
+        encoder = getattr(unwrap_network(self.network), "tabular", None)
+        if encoder is None:
+            return
+        stats = tabular_statistics(self.items, encoder.in_features, self.key)
+        encoder.set_statistics(stats["mean"], stats["std"])
+        self.logger.info(
+            f"tabular normalisation from {len(self.items)} training cases: mean {np.round(stats['mean'], 4).tolist()}, "
+            f"std {np.round(stats['std'], 4).tolist()}"
+        )

@@ -2,14 +2,14 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-Speed options of the training configs, each off or safe by default: cached datasets, plain-tensor batches,
-channels-last memory format, mixed precision on CUDA and the network's distributed wrapping.
+Training's data loading: datasets that cache the deterministic part of the preprocessing, the hand-over from the
+cached part to the random augmentation, plain-tensor batches, and a loader that prepares the next batches in a
+background thread.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,29 +20,20 @@ from monai.data.thread_buffer import buffer_iterator
 from monai.data.utils import pickle_hashing
 from monai.engines import PrepareBatchExtraInput, default_prepare_batch
 from monai.transforms import EnsureTyped, ToDeviced, Transform
-from torch import nn
 
 __all__ = [
-    "plain_tensor",
     "DATASET_CACHES",
-    "AMP_DTYPES",
     "build_dataset",
     "augmentation_input",
     "file_state_hashing",
     "PlainTensorBatch",
+    "plain_tensor",
     "PrefetchDataLoader",
     "limit_thread_intra_op",
     "loader_class",
-    "prepare_network",
-    "unwrap_network",
-    "amp_enabled",
-    "autocast_kwargs",
 ]
 
 DATASET_CACHES = ("none", "memory", "disk")
-AMP_DTYPES = ("bfloat16", "float16")
-
-logger = logging.getLogger(__name__)
 
 
 def build_dataset(
@@ -179,59 +170,6 @@ def plain_tensor(x: Any) -> Any:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
-def prepare_network(
-    network: nn.Module,
-    device: str | torch.device,
-    channels_last: bool = False,
-    distributed: bool = False,
-    sync_batchnorm: bool = False,
-    ddp_kwargs: dict[str, Any] | None = None,
-) -> nn.Module:
-    """
-    The training network: ``network`` on ``device``, optionally in channels-last (NDHWC) memory format, and, when
-    ``distributed``, wrapped in ``DistributedDataParallel`` (the process group must exist).
-
-    Args:
-        network: the model, e.g. :class:`scripts.cal_net.CALNet`.
-        device: where it trains.
-        channels_last: store the convolution weights as ``torch.channels_last_3d``; convolutions then run in that
-            layout, which suits oneDNN on CPUs and tensor cores on GPUs. The state dict keeps its keys and values.
-        distributed: wrap in ``torch.nn.parallel.DistributedDataParallel``.
-        sync_batchnorm: with ``distributed`` on CUDA, BatchNorm statistics over the whole distributed batch
-            (``torch.nn.SyncBatchNorm``); on CPUs it is not supported by PyTorch and is ignored with a warning.
-        ddp_kwargs: further arguments of ``DistributedDataParallel``.
-    """
-    device = torch.device(device)
-    if distributed and sync_batchnorm:
-        if device.type == "cuda":
-            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-        else:
-            logger.warning("sync_batchnorm needs CUDA devices; it is ignored on %s.", device)
-    network = network.to(device)
-    if channels_last:
-        network = network.to(memory_format=torch.channels_last_3d)
-    if distributed:
-        device_ids = [device] if device.type == "cuda" else None
-        network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **(ddp_kwargs or {}))
-    return network
-
-
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """
-    The model inside its training wrappers: ``DistributedDataParallel`` (or ``DataParallel``), see
-    :func:`prepare_network`, and ``torch.compile`` (MONAI's trainer with ``compile``), in any nesting; a network
-    without wrappers is returned as it is. For calls of the model's own methods (``forward_attention``) and
-    attributes, and for an evaluator that must not run the distributed wrapper's collectives.
-    """
-    while True:
-        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            network = network.module
-        elif isinstance(getattr(network, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            network = network._orig_mod
-        else:
-            return network
-
-
 def _omp_set_num_threads() -> Callable[[int], Any] | None:
     """The OpenMP runtime's ``omp_set_num_threads`` that PyTorch's CPU kernels use, or None where there is none."""
     try:
@@ -281,21 +219,3 @@ class PrefetchDataLoader(ThreadDataLoader):
 def loader_class(thread_loader: bool = False) -> type[DataLoader]:
     """:class:`PrefetchDataLoader` (batches prepared in a background thread) if ``thread_loader``, else ``DataLoader``."""
     return PrefetchDataLoader if thread_loader else DataLoader
-
-
-def amp_enabled(amp: bool, device: str | torch.device) -> bool:
-    """
-    Whether MONAI's engines should run with automatic mixed precision: ``amp`` on a CUDA ``device``. MONAI's
-    engines autocast on CUDA only, so on other devices a requested ``amp`` is ignored with a warning.
-    """
-    if amp and torch.device(device).type != "cuda":
-        logger.warning("amp (mixed precision) runs on CUDA devices only; training on %s in float32.", device)
-        return False
-    return amp
-
-
-def autocast_kwargs(dtype: str = "bfloat16") -> dict[str, Any]:
-    """``torch.autocast`` arguments for mixed precision in ``dtype``: ``"bfloat16"`` or ``"float16"``."""
-    if dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got '{dtype}'.")
-    return {"dtype": getattr(torch, dtype)}

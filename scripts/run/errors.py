@@ -13,7 +13,7 @@ There is one path to that message, whichever component finds the problem:
 - an exception that a bundle module raises itself (``raise ValueError(...)`` in ``scripts/``) reaches the user
   wrapped by MONAI (``RuntimeError: Failed to instantiate component ...`` or ``Failed to evaluate ...``); the hook
   that :func:`install_exit_hook` sets (the configs' ``initialize`` runs it first, through
-  :func:`scripts.config_check.check_overrides`) unwraps it into :func:`input_error`'s message, naming the config
+  :func:`scripts.run.config_check.check_overrides`) unwraps it into :func:`input_error`'s message, naming the config
   item. Any other uncaught exception (an error inside MONAI or torch, a bug) keeps its traceback.
 """
 

@@ -3,7 +3,7 @@
 
 """
 Classification metrics of a whole evaluation, overall and per class, from MONAI's metric functions, and the
-numbers behind the pictures (:mod:`scripts.plots` draws them): one-vs-rest ROC points and the confusion matrix;
+numbers behind the pictures (:mod:`scripts.reports.plots` draws them): one-vs-rest ROC points and the confusion matrix;
 and the validation AUC over the classes present (:class:`PresentClassesROCAUC`).
 """
 

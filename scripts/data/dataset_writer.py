@@ -1,7 +1,10 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""Writing a data set folder: NIfTI volumes through MONAI's writer, and a folder that appears whole or not at all."""
+"""
+Writing a data set folder: NIfTI volumes through MONAI's writer, and a folder that appears whole or not at all,
+with its datalist (:data:`DATALIST_NAME`, splits :data:`SPLITS`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from monai.data import NibabelWriter
 
-__all__ = ["write_nifti", "staged_folder"]
+__all__ = ["DATALIST_NAME", "SPLITS", "write_nifti", "staged_folder"]
+
+DATALIST_NAME = "datalist.json"
+SPLITS = ("training", "validation", "test")
 
 
 def write_nifti(array: np.ndarray, path: str | os.PathLike, affine: np.ndarray | None = None) -> None:

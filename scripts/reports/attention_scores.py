@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from monai.utils import min_version, optional_import
 
-from .datalist import split_items
-from .distributed import get_rank
-from .handlers import case_name
+from ..data.datalist import split_items
+from ..run.distributed import get_rank
+from ..run.handlers import case_name
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def summary_markdown(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 
 def masked_items(datalist: Mapping[str, Any], split: str = "test") -> list[dict]:
     """
-    Items of ``split`` of a parsed ``datalist`` (see :func:`scripts.datalist.read_datalist`), each checked to carry
+    Items of ``split`` of a parsed ``datalist`` (see :func:`scripts.data.datalist.read_datalist`), each checked to carry
     a ``"mask"`` file: scoring attention needs the ground-truth mask of the discriminative region per case.
     """
     items = split_items(datalist, split)
@@ -233,7 +233,7 @@ def _field(output: Mapping, batch: Mapping, key: str) -> Any:
 class AttentionScoreReport:
     """
     Scores every case's saliency maps (the engine output's ``map_keys``, e.g. from
-    :class:`scripts.saliency.SaliencyInferer`) against its mask when an evaluation epoch completes, and writes in
+    :class:`scripts.reports.saliency.SaliencyInferer`) against its mask when an evaluation epoch completes, and writes in
     ``output_dir`` (rank 0, rows gathered across ranks):
 
     - ``attention_scores.csv``: one row per case (``case``, ``label``, ``pred``, ``correct``, ``mask_fraction``

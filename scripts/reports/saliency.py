@@ -16,8 +16,8 @@ from monai.inferers import Inferer
 from monai.visualize import GradCAM
 from torch import nn
 
-from .attention import attention_map
-from .performance import unwrap_network
+from ..attention import attention_map
+from ..run.distributed import unwrap_network
 
 __all__ = ["normalize_per_case", "grad_cam", "SaliencyInferer"]
 

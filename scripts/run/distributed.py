@@ -16,6 +16,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "TORCHRUN_ENV",
@@ -27,10 +28,14 @@ __all__ = [
     "destroy_process_group",
     "quiet_other_ranks",
     "report_rank",
+    "prepare_network",
+    "unwrap_network",
 ]
 
 # what torchrun (and any launcher using the ``env://`` rendezvous) sets for every process
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+logger = logging.getLogger(__name__)
 
 
 def default_backend() -> str:
@@ -125,3 +130,56 @@ def report_rank(engine: Any) -> str:
     )
     print(line, flush=True)
     return line
+
+
+def prepare_network(
+    network: nn.Module,
+    device: str | torch.device,
+    channels_last: bool = False,
+    distributed: bool = False,
+    sync_batchnorm: bool = False,
+    ddp_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """
+    The training network: ``network`` on ``device``, optionally in channels-last (NDHWC) memory format, and, when
+    ``distributed``, wrapped in ``DistributedDataParallel`` (the process group must exist).
+
+    Args:
+        network: the model, e.g. :class:`scripts.cal_net.CALNet`.
+        device: where it trains.
+        channels_last: store the convolution weights as ``torch.channels_last_3d``; convolutions then run in that
+            layout, which suits oneDNN on CPUs and tensor cores on GPUs. The state dict keeps its keys and values.
+        distributed: wrap in ``torch.nn.parallel.DistributedDataParallel``.
+        sync_batchnorm: with ``distributed`` on CUDA, BatchNorm statistics over the whole distributed batch
+            (``torch.nn.SyncBatchNorm``); on CPUs it is not supported by PyTorch and is ignored with a warning.
+        ddp_kwargs: further arguments of ``DistributedDataParallel``.
+    """
+    device = torch.device(device)
+    if distributed and sync_batchnorm:
+        if device.type == "cuda":
+            network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        else:
+            logger.warning("sync_batchnorm needs CUDA devices; it is ignored on %s.", device)
+    network = network.to(device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+    if distributed:
+        device_ids = [device] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(network, device_ids=device_ids, **(ddp_kwargs or {}))
+    return network
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """
+    The model inside its training wrappers: ``DistributedDataParallel`` (or ``DataParallel``), see
+    :func:`prepare_network`, and ``torch.compile`` (MONAI's trainer with ``compile``), in any nesting; a network
+    without wrappers is returned as it is. For calls of the model's own methods (``forward_attention``) and
+    attributes, and for an evaluator that must not run the distributed wrapper's collectives.
+    """
+    while True:
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module
+        elif isinstance(getattr(network, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            network = network._orig_mod
+        else:
+            return network

@@ -3,7 +3,7 @@
 
 """
 Checks of the configuration that run before any work (the configs' ``initialize``), each ending the run with one
-message naming the key, the value and the fix (:mod:`scripts.errors`):
+message naming the key, the value and the fix (:mod:`scripts.run.errors`):
 
 - :func:`check_overrides`: a command-line override (``--key value``) that names no key of the configs, e.g.
   ``--epoch 3`` for ``--epochs 3``, which MONAI would otherwise add to the config as a new, unused item;
@@ -155,7 +155,7 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     exist in the configs (``config_file`` and ``args_file``'s keys merged, as MONAI merges them); the last key of a
     nested override may be new (a new argument of a component, e.g. ``backbone_args#resnet#num_stages``) unless it
     is one typo away from an existing key. The arguments MONAI's runner consumes (:data:`RUNNER_KEYS`) pass.
-    On that command line it first installs :func:`scripts.errors.install_exit_hook` (it is the configs' first
+    On that command line it first installs :func:`scripts.run.errors.install_exit_hook` (it is the configs' first
     ``initialize`` item), so that a bad input raised by any later component ends with its message, not a traceback.
     """
     if argv is None:
@@ -230,7 +230,7 @@ def check_settings(
     Stop on configuration values that would otherwise end in a traceback once the network is built, and on output
     folders that cannot be written (see :func:`check_writable_dirs`); the configs' ``config_check`` item.
     """
-    from .backbones import BACKBONES
+    from ..backbones import BACKBONES
 
     names = sorted(set(BACKBONES) & set(backbone_args or {}))
     if backbone not in BACKBONES or backbone not in (backbone_args or {}):
@@ -282,7 +282,7 @@ def _forward_error(network: nn.Module, size: Sequence[int], in_channels: int) ->
 
 
 def _build(backbone: str, backbone_kwargs: Mapping[str, Any], size: Sequence[int], in_channels: int) -> nn.Module:
-    from .backbones import build_backbone
+    from ..backbones import build_backbone
 
     with torch.device("meta"):  # shapes only: no memory, no computation, no random numbers drawn
         return build_backbone(backbone, in_channels, tuple(size), **dict(backbone_kwargs)).eval()

@@ -26,7 +26,7 @@ def prepare_default_data(
     """
     ``dataset_dir``, ready to read. When it is the bundle's default folder (``default_dir``) and holds no datalist
     yet, the embedded ``embedded_npz`` is converted into it first (official splits and class names, see
-    :func:`scripts.medmnist.convert_npz`). Any other folder is the user's and is returned untouched: nothing is ever
+    :func:`scripts.data.medmnist.convert_npz`). Any other folder is the user's and is returned untouched: nothing is ever
     written into it.
     """
     root, default = Path(dataset_dir), Path(default_dir)

@@ -16,7 +16,7 @@ Checkpoints that survive a killed run.
 Every load reads with ``torch.load(..., weights_only=True)`` (:func:`read_checkpoint`): a checkpoint can carry
 tensors and plain containers only, never code. Every problem with a checkpoint file (missing, a folder, empty,
 truncated or garbage bytes, pickled code, not a state dict, weights of another network, a training state of other
-settings) stops the run with one message naming the file and the fix (:func:`scripts.errors.stop`).
+settings) stops the run with one message naming the file and the fix (:func:`scripts.run.errors.stop`).
 
 A non-finite training loss stops training (:class:`TrainingCheckpoint`), and no file is written with NaN/Inf
 values (:class:`AtomicSaver`): ``models/model.pt`` and ``models/checkpoint.pt`` keep the last finite state.
@@ -43,9 +43,9 @@ from monai.transforms import Randomizable
 from monai.utils import min_version, optional_import
 from torch import nn
 
+from ..reports.outputs import TMP_SUFFIX, atomic_file
 from .distributed import get_rank
 from .errors import stop
-from .outputs import TMP_SUFFIX, atomic_file
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
@@ -69,7 +69,7 @@ __all__ = [
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` made atomic with :func:`scripts.outputs.atomic_file` (temporary file, then rename)."""
+    """``torch.save(obj, path)`` made atomic with :func:`scripts.reports.outputs.atomic_file` (temporary file, then rename)."""
     with atomic_file(path, "wb") as f:
         torch.save(obj, f)
 
@@ -116,7 +116,7 @@ def _check_file(path: Path, fix_missing: str) -> None:
 def read_checkpoint(path: str | os.PathLike, map_location: Any = None, fix_missing: str = "") -> Any:
     """
     The content of the checkpoint ``path``, read weights-only (tensors and plain containers, never code). Any problem
-    stops the run with one message naming the file and the fix (:func:`scripts.errors.stop`): missing, a folder,
+    stops the run with one message naming the file and the fix (:func:`scripts.run.errors.stop`): missing, a folder,
     empty, truncated or not a PyTorch file, a TorchScript model, a file carrying pickled code.
     """
     path = Path(path)
@@ -300,7 +300,7 @@ def _reraise(engine: Engine, error: BaseException) -> None:
 
 def quiet_input_errors(engine: Engine) -> None:
     """
-    Make ``engine`` end on a bad input (:mod:`scripts.errors`, a ``SystemExit``) with its message alone: MONAI's
+    Make ``engine`` end on a bad input (:mod:`scripts.run.errors`, a ``SystemExit``) with its message alone: MONAI's
     ``StatsHandler`` logs the traceback of any exception raised in a run; an ``EXCEPTION_RAISED`` handler placed
     before it re-raises a ``SystemExit`` first. Other exceptions still reach the handlers after it.
     """

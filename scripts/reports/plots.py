@@ -4,8 +4,8 @@
 """
 Pictures written as PNG files with matplotlib's Agg canvas (no display, no pyplot state): one-vs-rest ROC curves,
 the confusion matrix, and montages of saliency maps over three orthogonal slices. The numbers are computed by
-:mod:`scripts.metrics` (:func:`~scripts.metrics.classification_metrics`, :func:`~scripts.metrics.roc_curves`);
-this module only draws them.
+:mod:`scripts.reports.metrics` (:func:`~scripts.reports.metrics.classification_metrics`,
+:func:`~scripts.reports.metrics.roc_curves`); this module only draws them.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def save_roc(
     dpi: int = 100,
 ) -> Path:
     """
-    One-vs-rest ROC curves (per class ``(fpr, tpr)`` or None, from :func:`scripts.metrics.roc_curves`), the AUC of
-    ``metrics`` (:func:`scripts.metrics.classification_metrics`) in the legend.
+    One-vs-rest ROC curves (per class ``(fpr, tpr)`` or None, from :func:`scripts.reports.metrics.roc_curves`), the AUC of
+    ``metrics`` (:func:`scripts.reports.metrics.classification_metrics`) in the legend.
     """
     names, total = metrics["class_names"], metrics["num_cases"]
     fig = Figure(figsize=(4.5, 4.2))
@@ -69,7 +69,7 @@ def save_roc(
 
 
 def save_confusion_matrix(metrics: Mapping[str, Any], path: str | os.PathLike, dpi: int = 100) -> Path:
-    """The confusion matrix of ``metrics`` (:func:`scripts.metrics.classification_metrics`): counts and row %."""
+    """The confusion matrix of ``metrics`` (:func:`scripts.reports.metrics.classification_metrics`): counts and row %."""
     names = list(metrics["class_names"])
     counts = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     n = len(names)
@@ -103,7 +103,7 @@ def save_classification_plots(
 ) -> list[Path]:
     """
     Write :func:`save_roc` (curves of ``probs`` (N, C) against ``labels`` (N,)) and :func:`save_confusion_matrix`
-    of ``metrics`` (:func:`scripts.metrics.classification_metrics` of the same cases) in ``output_dir``; returns
+    of ``metrics`` (:func:`scripts.reports.metrics.classification_metrics` of the same cases) in ``output_dir``; returns
     the two paths.
     """
     return [

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datalist import DATALIST_NAME
-from .dataset_writer import staged_folder, write_nifti
+from .dataset_writer import DATALIST_NAME, staged_folder, write_nifti
 
 __all__ = ["MEDMNIST_3D_LABELS", "subset_name", "convert_npz"]
 
