@@ -28,7 +28,7 @@ from typing import NoReturn
 
 __all__ = ["BundleInputError", "input_error", "stop", "bad_input_error", "install_exit_hook"]
 
-_BUNDLE_DIR = Path(__file__).resolve().parent
+_BUNDLE_DIR = Path(__file__).resolve().parents[1]  # scripts/
 _RAISE = re.compile(r"raise\s+[A-Za-z_][\w.]*\s*\(")
 _GENERIC_FIX = "correct the value or file it names and run again (README.md's Settings table lists the keys)"
 
@@ -77,8 +77,8 @@ def _raised_by_the_bundle(error: BaseException) -> bool:
         return False
     last = frames[-1]
     path = Path(last.tb_frame.f_code.co_filename).resolve()
-    if path.parent != _BUNDLE_DIR:  # scripts/tools/ drive the bundle from outside: not a component
-        return False
+    if not path.is_relative_to(_BUNDLE_DIR) or path.relative_to(_BUNDLE_DIR).parts[0] == "tools":
+        return False  # scripts/tools/ drive the bundle from outside: not a component
     return bool(_RAISE.match(linecache.getline(str(path), last.tb_lineno).strip()))
 
 
