@@ -22,6 +22,7 @@ from __future__ import annotations
 import linecache
 import re
 import sys
+import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
@@ -64,22 +65,16 @@ def _chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def _frames(tb: TracebackType | None):
-    while tb is not None:
-        yield tb
-        tb = tb.tb_next
-
-
 def _raised_by_the_bundle(error: BaseException) -> bool:
     """Whether ``error`` was raised by a ``raise SomeError(...)`` statement of a bundle module (``scripts/``)."""
-    frames = list(_frames(error.__traceback__))
+    frames = list(traceback.walk_tb(error.__traceback__))
     if not frames:
         return False
-    last = frames[-1]
-    path = Path(last.tb_frame.f_code.co_filename).resolve()
+    frame, lineno = frames[-1]
+    path = Path(frame.f_code.co_filename).resolve()
     if not path.is_relative_to(_BUNDLE_DIR) or path.relative_to(_BUNDLE_DIR).parts[0] == "tools":
         return False  # scripts/tools/ drive the bundle from outside: not a component
-    return bool(_RAISE.match(linecache.getline(str(path), last.tb_lineno).strip()))
+    return bool(_RAISE.match(linecache.getline(str(path), lineno).strip()))
 
 
 def _config_item(chain: list[BaseException]) -> str | None:
@@ -88,8 +83,8 @@ def _config_item(chain: list[BaseException]) -> str | None:
 
     found = None
     for error in chain:  # outermost first: the last item found is the innermost
-        for tb in _frames(error.__traceback__):
-            owner = tb.tb_frame.f_locals.get("self")
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            owner = frame.f_locals.get("self")
             if isinstance(owner, ConfigItem) and owner.get_id():
                 found = owner.get_id()
     return None if found is None else found.replace("::", "#")
