@@ -18,15 +18,15 @@ tensors and plain containers only, never code. Every problem with a checkpoint f
 truncated or garbage bytes, pickled code, not a state dict, weights of another network, a training state of other
 settings) stops the run with one message naming the file and the fix (:func:`scripts.run.errors.stop`).
 
-A non-finite training loss stops training (:class:`TrainingCheckpoint`), and no file is written with NaN/Inf
-values (:class:`AtomicSaver`): ``models/model.pt`` and ``models/checkpoint.pt`` keep the last finite state.
+A non-finite training loss stops training (ignite's ``TerminateOnNan``, in :class:`TrainingCheckpoint`), and no file
+is written with NaN/Inf values (:class:`AtomicSaver`): ``models/model.pt`` and ``models/checkpoint.pt`` keep the last
+finite state.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pickle
 import random
@@ -44,12 +44,13 @@ from monai.utils import min_version, optional_import
 from torch import nn
 
 from ..reports.outputs import TMP_SUFFIX, atomic_file
-from .distributed import get_rank
+from .distributed import get_rank, unwrap_network
 from .errors import stop
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", "0.4.11", min_version, "Checkpoint")
 BaseSaveHandler, _ = optional_import("ignite.handlers.checkpoint", "0.4.11", min_version, "BaseSaveHandler")
+TerminateOnNan, _ = optional_import("ignite.handlers", "0.4.11", min_version, "TerminateOnNan")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
@@ -184,10 +185,6 @@ def _state_dict_of(content: Any, path: Path, key: str = "model") -> Mapping[str,
     return content
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
-
-
 def _inferred_settings(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The CALNet settings that a state dict reveals: classes, attention maps, backbone, tabular branch."""
     found: dict[str, Any] = {}
@@ -223,7 +220,7 @@ def describe_mismatch(weights: Mapping[str, torch.Tensor], network: nn.Module) -
     None when ``weights`` fit ``network``; else the problem (which tensors differ, and the settings the weights
     reveal, as overrides) and the list of those overrides.
     """
-    expected = _unwrap(network).state_dict()
+    expected = unwrap_network(network).state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     shapes = [k for k in expected if k in weights and tuple(expected[k].shape) != tuple(weights[k].shape)]
@@ -270,7 +267,7 @@ def load_weights(path: str | os.PathLike, network: nn.Module, map_location: Any 
             "--spatial_size, --num_attentions, --use_tabular ...), or point --ckpt_path to weights of this network"
         )
         stop(str(path), problem, fix)
-    _unwrap(network).load_state_dict(weights)
+    unwrap_network(network).load_state_dict(weights)
 
 
 def load_torchscript(path: str | os.PathLike, map_location: Any = None) -> torch.jit.ScriptModule:
@@ -334,8 +331,8 @@ class ModelCheckpointLoader(CheckpointLoader):
 NON_FINITE_FIX = (
     "lower --learning_rate (e.g. by 10x); check that the images' intensities fit float32 (|value| < 3e38; the data "
     "check rejects NaN/Inf voxels only); without --amp if it was on (float16 overflows above 65504: "
-    "--amp_dtype bfloat16 or --amp false); then start a new run, or resume from the last finite checkpoint "
-    "with the lower learning rate (--resume true)"
+    "--amp_dtype bfloat16 or --amp False); then start a new run, or resume from the last finite checkpoint "
+    "with the lower learning rate (--resume True)"
 )
 
 
@@ -486,7 +483,7 @@ class RandomStates:
     def _generators(self) -> dict[str, torch.Generator]:
         owners = [("loader", self.data_loader), ("sampler", getattr(self.data_loader, "sampler", None))]
         if self.network is not None:  # modules with a generator of their own (the counterfactual attention's)
-            owners += [(f"network.{name}", module) for name, module in _unwrap(self.network).named_modules()]
+            owners += [(f"network.{name}", module) for name, module in unwrap_network(self.network).named_modules()]
         found = {}
         for name, owner in owners:
             generator = getattr(owner, "generator", None)
@@ -511,7 +508,7 @@ class RandomStates:
             return
         if len(state["transforms"]) != len(self.transforms):
             stop(
-                "--resume true",
+                "--resume True",
                 f"the checkpoint holds the states of {len(state['transforms'])} random transforms, this run's training "
                 f"data has {len(self.transforms)}",
                 "resume with the augmentation settings of the interrupted run (e.g. --spatial_augmentation), or "
@@ -551,6 +548,13 @@ def _flat(value: Any, name: str) -> dict[str, Any]:
     return {name: value}
 
 
+def _loss(output: Any) -> Any:
+    """The loss in an iteration's ``output`` (a dict, or MONAI's list of per-case dicts); ``()`` when it has none."""
+    item = output[0] if isinstance(output, (list, tuple)) and output else output
+    loss = item.get("loss") if isinstance(item, Mapping) else None
+    return () if loss is None else loss
+
+
 class TrainingCheckpoint:
     """
     The whole training state in one file, ``save_dir/filename``, written atomically when each epoch completes
@@ -562,11 +566,11 @@ class TrainingCheckpoint:
     With ``resume=True`` the file is loaded when the trainer starts (weights-only) and training continues from the
     saved iteration up to the same ``max_epochs``; a resume from an epoch boundary is bitwise equal to the
     uninterrupted run on a CPU. A missing file is logged and training starts from scratch, so a job script can always
-    pass ``--resume true``. A file that cannot be resumed (unreadable, not a training checkpoint, other
+    pass ``--resume True``. A file that cannot be resumed (unreadable, not a training checkpoint, other
     ``settings``, another network, another batch size or training split) stops the run with the fix.
 
-    Every iteration the loss is checked: a NaN/Inf loss stops the training with its epoch and iteration, before
-    anything is saved (and :class:`AtomicSaver` never writes a NaN/Inf tensor).
+    Every iteration ignite's ``TerminateOnNan`` checks the loss: a NaN/Inf loss stops the training with its epoch and
+    iteration, before anything is saved (and :class:`AtomicSaver` never writes a NaN/Inf tensor).
 
     Attach it after the ``ValidationHandler`` (later in ``train#handlers``).
 
@@ -625,24 +629,20 @@ class TrainingCheckpoint:
         for quiet in (engine, self.validator):
             if quiet is not None:
                 quiet_input_errors(quiet)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.check_loss)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(_loss))
+        engine.add_event_handler(Events.TERMINATE, self.stop_on_nan)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if self.iteration_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.iteration_interval), self._save_mid_epoch)
 
-    def check_loss(self, engine: Engine) -> None:
-        """Stop the training when the iteration's loss is NaN or infinite (before anything is saved)."""
-        output = engine.state.output  # a dict, or a list of per-case dicts after MONAI's decollation
-        items = output if isinstance(output, (list, tuple)) else [output]
-        losses = [item["loss"] for item in items if isinstance(item, Mapping) and item.get("loss") is not None]
-        if not losses:
-            return
-        loss = losses[0]
-        value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
-        if math.isfinite(value):
-            return
+    def stop_on_nan(self, engine: Engine) -> None:
+        """End the run with the fix when ``TerminateOnNan`` terminated it (the loss is NaN or infinite)."""
+        loss = torch.as_tensor(_loss(engine.state.output), dtype=torch.float)
+        if loss.numel() == 0 or bool(loss.isfinite().all()):
+            return  # terminated for another reason
+        value = float(loss.mean())
         state = engine.state
         in_epoch = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
         stop(
@@ -658,8 +658,9 @@ class TrainingCheckpoint:
         self._checkpoint(engine)
 
     def _save_mid_epoch(self, engine: Engine) -> None:
-        if engine.state.epoch_length and engine.state.iteration % engine.state.epoch_length == 0:
-            return  # the epoch-end save follows, after validation
+        last = bool(engine.state.epoch_length) and engine.state.iteration % engine.state.epoch_length == 0
+        if engine.should_terminate or last:
+            return  # terminated (a NaN loss), or the epoch-end save follows, after validation
         self.save(engine)
 
     def _refuse(self, problem: str, fix: str = "") -> None:

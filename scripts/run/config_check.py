@@ -29,6 +29,7 @@ from fire.parser import DefaultParseValue
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
+from .distributed import unwrap_network
 from .errors import install_exit_hook, stop
 
 __all__ = [
@@ -264,7 +265,7 @@ def check_settings(
             stop(
                 f"use_tabular true with tabular_length {tabular_length!r}",
                 "the tabular branch is on but its input has no length",
-                "set --tabular_length to the number of tabular values per case, or --use_tabular false",
+                "set --tabular_length to the number of tabular values per case, or --use_tabular False",
             )
     check_writable_dirs(writable_dirs or {})
 
@@ -413,7 +414,7 @@ def train_drop_last(
     which is dropped (a different case each epoch when shuffled; logged). With ``batch_size`` 1, stops with a
     message when a BatchNorm layer would get one value per channel (which it cannot train on).
     """
-    network = getattr(network, "module", network)  # DistributedDataParallel
+    network = unwrap_network(network)
     if not _batch_norms(network):
         return False
     batch_size = int(batch_size)
