@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from monai.transforms import LoadImage
 
-from .datalist import DATALIST_NAME, read_datalist
-from ..run.errors import BundleInputError
 from ..reports.outputs import atomic_write_text, case_name, unique_case_names
+from ..run.errors import BundleInputError
+from .datalist import DATALIST_NAME, read_datalist
 from .transforms import image_shape, voxel_limit_problem
 
 __all__ = [
@@ -109,7 +109,7 @@ class ValidationReport:
                 "  Most images are missing: check --dataset_dir; image paths are relative to the datalist's folder."
             )
         lines += [f"  warning: {w}" for w in self.warnings]
-        lines.append("  (--validate_data false skips this check; the run then stops at the first bad case.)")
+        lines.append("  (--validate_data False skips this check; the run then stops at the first bad case.)")
         return "\n".join(lines)
 
 
@@ -522,7 +522,7 @@ def require_valid_datalist(
     """
     The bundle's data check (train.json, evaluate.json): :func:`check_datalist`, ending the program with the
     report's message and exit status 1 when the data has errors, before a network is built or trained.
-    ``enabled=False`` (``--validate_data false``) skips it.
+    ``enabled=False`` (``--validate_data False``) skips it.
     """
     if not enabled:
         logger.info("data check skipped (validate_data is false).")
@@ -530,7 +530,7 @@ def require_valid_datalist(
     try:
         return check_datalist(datalist, **kwargs)
     except DataValidationError as e:
-        raise SystemExit(str(e)) from None
+        raise BundleInputError(str(e)) from None
 
 
 @dataclass
@@ -650,4 +650,4 @@ def exit_if_failed(screening: Screening, output_dir: str | os.PathLike, errors_f
             f"Failed cases are listed in {output_dir / errors_file}:"
         ]
         lines += [f"  {row['image']}: {row['error']}" for row in screening.failed]
-        raise SystemExit("\n".join(lines))
+        raise BundleInputError("\n".join(lines))

@@ -51,17 +51,17 @@ def local_device() -> torch.device:
 
 
 def get_rank() -> int:
-    """Global rank of this process: from the process group once joined, before that from ``RANK`` (0 if unset)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    """``ignite.distributed.get_rank()`` once the process group exists, before that ``RANK`` (0 if unset)."""
+    return idist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
 
 
 def get_world_size() -> int:
-    """Number of processes: from the process group once joined, before that from ``WORLD_SIZE`` (1 if unset)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """``ignite.distributed.get_world_size()`` once the process group exists, before that ``WORLD_SIZE`` (1 if unset)."""
+    return (
+        idist.get_world_size()
+        if dist.is_available() and dist.is_initialized()
+        else int(os.environ.get("WORLD_SIZE", "1"))
+    )
 
 
 def init_process_group(backend: str | None = None, timeout_s: float = 1800.0) -> None:
