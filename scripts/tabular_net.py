@@ -103,7 +103,7 @@ class TabularClassifier(nn.Module):
     """
     The tabular-only model: :class:`TabularEncoder` then a linear classifier, (B, L) values -> (B, num_classes)
     logits. It has no image branch, no attention and no counterfactual; it is what a multimodal claim is compared
-    with (``--use_image false`` in the bundle's configs). It takes the image as its first input and ignores it, so
+    with (``--use_image False`` in the bundle's configs). It takes the image as its first input and ignores it, so
     the bundle's engines, inferers and TorchScript export call it as they call the fused network:
     ``network(images, tabular)``. Its state-dict keys (``tabular.*``, ``tabular_fc.*``) are those of the fused
     network's tabular branch.
@@ -126,7 +126,7 @@ class TabularClassifier(nn.Module):
         if tabular_features < 1:
             raise ValueError(
                 f"a tabular-only model needs tabular values: tabular_features is {tabular_features}; set "
-                f"--use_tabular true and --tabular_length."
+                f"--use_tabular True and --tabular_length."
             )
         self.tabular = TabularEncoder(tabular_features, **(tabular_kwargs or {}))
         self.tabular_fc = nn.Linear(self.tabular.out_channels, num_classes, bias=fc_bias)

@@ -127,14 +127,14 @@ def test_scoring_config_parses():
 def test_scoring_and_montage_commands_end_to_end(tiny_dataset, tmp_path):
     """Two tiny models (CAL and baseline), scored by the command, then drawn side by side."""
     ckpts = {}
-    for name, cal in (("cal", "true"), ("baseline", "false")):
+    for name, cal in (("cal", "True"), ("baseline", "False")):
         run_bundle(
             "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
             "--ckpt_dir", str(tmp_path / name), "--output_dir", str(tmp_path / name), "--epochs", "1",
             "--cal", cal, *TINY_OVERRIDES,
         )  # fmt: skip
         ckpts[name] = tmp_path / name / "model.pt"
-    assert ckpts["cal"].read_bytes() != ckpts["baseline"].read_bytes()  # `--cal false` did switch CAL off
+    assert ckpts["cal"].read_bytes() != ckpts["baseline"].read_bytes()  # `--cal False` did switch CAL off
     out = tmp_path / "attention"
     summaries = main(
         ["--runs", *(f"{k}={v}" for k, v in ckpts.items()), "--output_dir", str(out), "--tolerance", "1.5",

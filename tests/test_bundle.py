@@ -46,7 +46,7 @@ def test_run_without_id_trains_too(tiny_dataset, tmp_path):
     run_bundle(
         "run", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
-        "--cal", "false", "--backbone", "resnet", "--backbone_args#resnet#widen_factor", "0.125", *TINY_OVERRIDES,
+        "--cal", "False", "--backbone", "resnet", "--backbone_args#resnet#widen_factor", "0.125", *TINY_OVERRIDES,
     )  # fmt: skip
     assert (tmp_path / "models" / "model.pt").is_file()
 

@@ -25,7 +25,7 @@ from scripts.tools.multimodal_data import generate_multimodal_dataset, multimoda
 from tests.conftest import EVALUATE, ROOT, SYNTHETIC_INFERENCE, TINY_OVERRIDES, TRAIN, run_bundle
 
 pytestmark = pytest.mark.slow
-MULTIMODAL = ["--use_tabular", "true", "--tabular_length", "8"]
+MULTIMODAL = ["--use_tabular", "True", "--tabular_length", "8"]
 CLASSES = multimodal_class_names()
 
 
@@ -105,7 +105,7 @@ def test_inference_and_two_input_torchscript_agree(trained, dataset, tmp_path):
 
 
 def test_tabular_only_model_trains_and_infers(dataset, tmp_path):
-    tabular_only = [*MULTIMODAL, "--use_image", "false", *TINY_OVERRIDES]
+    tabular_only = [*MULTIMODAL, "--use_image", "False", *TINY_OVERRIDES]
     run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1", *tabular_only,

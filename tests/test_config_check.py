@@ -138,7 +138,7 @@ def test_no_attention_maps(tmp_path, value):
 
 
 def test_tabular_branch_without_its_length(tmp_path):
-    _stops(_parser(tmp_path, use_tabular="true"), "config_check", "use_tabular true with tabular_length 0")
+    _stops(_parser(tmp_path, use_tabular=True), "config_check", "use_tabular true with tabular_length 0")
 
 
 def test_batch_of_one_with_batchnorm(tiny_dataset, tmp_path):

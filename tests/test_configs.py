@@ -114,7 +114,7 @@ def test_defaults_are_the_released_recipe(tiny_dataset):
     loss = parser.get_parsed_content("loss")
     assert loss.center_loss is None and loss.class_weights is not None
     assert (loss.factual_weight, loss.effect_weight) == (pytest.approx(1 / 3), 1.0)
-    assert len(parser.get_parsed_content("train#spatial_augmentation")) == 1
+    assert len(parser.get_parsed_content("spatial_augmentation_transforms")) == 1
     assert parser["backbone"] == "resnet" and parser["spatial_size"] == [28, 28, 28]
 
 
@@ -128,19 +128,19 @@ def test_synthetic_overlay_turns_the_recipe_off(tiny_dataset):
     assert loss.center_loss is None and loss.class_weights is None
     assert parser.get_parsed_content("train#sampler") is None
     assert parser.get_parsed_content("train#dataloader#shuffle") is True
-    assert parser.get_parsed_content("train#spatial_augmentation") == []
+    assert parser.get_parsed_content("spatial_augmentation_transforms") == []
 
 
-def test_options_switch_on_from_command_line_strings(tiny_dataset):
-    switches = {"balanced_sampling": "true", "spatial_augmentation": "true", "attention_augment": "true",
-                "tta": "true", "center_loss_weight": 1.0, "class_weights": "auto", "cal": "false"}  # fmt: skip
+def test_options_switch_on(tiny_dataset):
+    switches = {"balanced_sampling": True, "spatial_augmentation": True, "attention_augment": True,
+                "tta": True, "center_loss_weight": 1.0, "class_weights": "auto", "cal": False}  # fmt: skip
     parser = _parsed([TRAIN, str(CONFIGS / "synthetic_attention.json")], dataset_dir=str(tiny_dataset), **switches)
     net = parser.get_parsed_content("network_def")
-    assert net.cal is False and net.return_features is True  # "false" on the command line is False
+    assert net.cal is False and net.return_features is True
     assert parser.get_parsed_content("train#inferer").enabled is True
     assert parser.get_parsed_content("validate#inferer").enabled is True
     loss = parser.get_parsed_content("loss")
     assert loss.center_loss is not None and loss.class_weights.tolist() == [1.0, 1.0, 1.0, 1.0]  # balanced data
     assert parser.get_parsed_content("train#sampler") is not None
     assert parser.get_parsed_content("train#dataloader#shuffle") is False
-    assert [type(t).__name__ for t in parser.get_parsed_content("train#spatial_augmentation")] == ["RandAffined"]
+    assert [type(t).__name__ for t in parser.get_parsed_content("spatial_augmentation_transforms")] == ["RandAffined"]

@@ -135,9 +135,9 @@ def _join(rank: int, world_size: int, store: str) -> None:
     )
 
 
-@pytest.mark.parametrize("balanced", ["false", "true"])
+@pytest.mark.parametrize("balanced", [False, True])
 def test_multi_gpu_training_sampler_keeps_balanced_sampling(balanced, tiny_dataset):
-    """Under multi_gpu_train.json ``--balanced_sampling true`` draws balanced classes from each process's share."""
+    """Under multi_gpu_train.json ``--balanced_sampling True`` draws balanced classes from each process's share."""
     from monai.bundle import ConfigParser
     from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 
@@ -148,7 +148,7 @@ def test_multi_gpu_training_sampler_keeps_balanced_sampling(balanced, tiny_datas
     for key, value in overrides.items():  # the process group's size and rank given: no group needed
         parser[key] = value
     sampler = parser.get_parsed_content("train#sampler")
-    assert type(sampler) is (DistributedWeightedRandomSampler if balanced == "true" else DistributedSampler)
+    assert type(sampler) is (DistributedWeightedRandomSampler if balanced else DistributedSampler)
     assert len(sampler) == 8 and sampler.rank == 1  # 16 training cases over 2 processes
     assert parser.get_parsed_content("train#dataloader#shuffle") is False
 

@@ -10,7 +10,6 @@ import torch
 from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 
 from scripts.data.imbalance import class_counts, inverse_frequency_weights, resolve_class_weights, training_sampler
-from scripts.run.engine import optional_items
 
 ITEMS = [{"image": f"c{i}.nii.gz", "label": 0} for i in range(6)] + [{"image": "c6.nii.gz", "label": 1},
                                                                      {"image": "c7.nii.gz", "label": 1}]  # fmt: skip
@@ -71,8 +70,3 @@ def test_distributed_sampler_shares_the_cases_and_balances_classes(balanced):
         labels += [items[i]["label"] for d in drawn for i in d]
     share = float(torch.tensor(labels, dtype=torch.float).mean())  # of class 1, a quarter of the cases
     assert share == pytest.approx(0.5 if balanced else 0.25, abs=0.03)
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_optional_items(enabled):
-    assert optional_items([1, 2], enabled) == ([1, 2] if enabled else [])

@@ -226,7 +226,7 @@ def test_training_with_cpu_speed_options(tiny_dataset, tmp_path):
     proc = run_bundle(
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
-        "--dataset_cache", "memory", "--thread_loader", "true", "--num_workers", "1", "--channels_last", "true",
+        "--dataset_cache", "memory", "--thread_loader", "True", "--num_workers", "1", "--channels_last", "True",
         "--amp", str(not torch.cuda.is_available()).lower(), *TINY_OVERRIDES,
     )  # fmt: skip
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -241,7 +241,7 @@ def test_training_with_disk_cache_and_compile(tiny_dataset, tmp_path):
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
         "--dataset_cache", "disk", "--dataset_cache_dir", str(tmp_path / "cache"),
-        "--compile", "true", "--compile_kwargs", "{'backend': 'aot_eager'}", *TINY_OVERRIDES,
+        "--compile", "True", "--compile_kwargs", "{'backend': 'aot_eager'}", *TINY_OVERRIDES,
     )  # fmt: skip
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 16 + 8  # training and validation cases
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)

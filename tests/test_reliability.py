@@ -179,7 +179,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_number_of_epochs(tiny_dat
     done = state["iteration"]
     assert done == crash_at
 
-    resumed = run_bundle(*args, "--resume", "true")
+    resumed = run_bundle(*args, "--resume", "True")
     log = resumed.stdout + resumed.stderr
     assert f"resumed from {checkpoint}: {done // per_epoch} of {epochs} epochs and {done} iterations done" in log
     completed = [int(e) for e in re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", log)]
@@ -213,7 +213,7 @@ def test_resume_from_an_epoch_boundary_is_bitwise_equal(trained, tmp_path):
     crashing[crashing.index("--config_file") + 1] = f"{TRAIN[:-1]},'{tmp_path / 'crash.json'}']"
     assert run_bundle(*crashing, check=False).returncode == -signal.SIGKILL
     assert _trainer_state(tmp_path / "models" / "checkpoint.pt")["iteration"] == 4
-    resumed = run_bundle(*args, "--resume", "true")
+    resumed = run_bundle(*args, "--resume", "True")
     assert _validation_metrics(resumed.stdout + resumed.stderr) == _validation_metrics(trained["log"])[1:]
     for name in ("model.pt", "checkpoint.pt"):
         a = torch.load(trained["out"] / "models" / name, weights_only=True)
@@ -268,7 +268,7 @@ def test_checkpoint_problems_at_evaluation_and_inference(trained, tmp_path, kind
 def test_resume_with_another_network_and_batch_size_is_refused(trained, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "checkpoint.pt").write_bytes((trained["out"] / "models" / "checkpoint.pt").read_bytes())
-    args = _train_args(trained["data"], tmp_path, "--epochs", "3", "--resume", "true")
+    args = _train_args(trained["data"], tmp_path, "--epochs", "3", "--resume", "True")
     proc = run_bundle(*args, "--num_attentions", "2", "--batch_size", "2", check=False)
     _assert_one_message(proc, tmp_path / "models" / "checkpoint.pt", "was saved by a run with other settings")
     assert "--num_attentions 4 (this run: 2), --batch_size 4 (this run: 2)" in proc.stderr

@@ -2,24 +2,26 @@
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
 """
-On/off settings typed on the command line: ``python -m monai.bundle run ... --cal false`` hands the configs the
-string ``"false"`` (only ``False`` becomes a bool), which Python would read as true. The configs convert every
-switch once, in their ``switches`` item (:func:`scripts.run.engine.read_switches`), and the code gets plain bools.
+On/off settings: plain JSON booleans in the configs, read directly by the items that use them (``@cal``), and
+optional blocks switched with MONAI's ``_disabled_``. On the command line only ``True``/``False`` become bools
+(``python -m monai.bundle run ... --cal false`` would hand the configs the text ``"false"``, which Python reads as
+true), so the configuration check stops such a value where it enters, naming the fix.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, ThreadDataLoader
 
-from scripts.run.engine import read_switches
-from tests.conftest import ROOT
+from scripts.run.config_check import override_problems
+from tests.conftest import ROOT, TINY_OVERRIDES, TRAIN, run_bundle
 
 CONFIGS = ROOT / "configs"
+SWITCHES = ("cal", "balanced_sampling", "spatial_augmentation", "attention_augment", "tta", "tta_flip", "resume",
+            "thread_loader", "compile", "validate_data", "amp", "channels_last", "deterministic")  # fmt: skip
 
 
 def parsed(tiny_dataset, tmp_path, **overrides) -> ConfigParser:
@@ -32,74 +34,52 @@ def parsed(tiny_dataset, tmp_path, **overrides) -> ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize(
-    "value, expected",
-    [("false", False), ("False", False), ("true", True), ("TRUE", True), ("0", False), ("yes", True),
-     (False, False), (True, True), (0, False), (1, True), (None, False)],
-)  # fmt: skip
-def test_read_switches_converts_command_line_values(value, expected):
-    assert read_switches(cal=value) == {"cal": expected}
-    with pytest.raises(SystemExit, match=r"--cal 'sometimes': not a true/false switch value. Fix: use --cal true"):
-        read_switches(tta=value, cal="sometimes")
+def test_switches_are_json_booleans():
+    configs = {p.name: json.loads(p.read_text()) for p in CONFIGS.glob("*.json") if p.name != "metadata.json"}
+    train = configs["train.json"]
+    assert all(isinstance(train[name], bool) for name in SWITCHES)
+    assert all("switches" not in config for config in configs.values())
+    assert isinstance(configs["evaluate.json"]["plots"], bool)
+    assert isinstance(configs["multi_gpu_train.json"]["sync_batchnorm"], bool)
 
 
-@pytest.mark.parametrize("text, expected", [("false", False), ("true", True)])
-def test_switches_typed_as_text(tiny_dataset, tmp_path, text, expected):
-    names = ("cal", "balanced_sampling", "spatial_augmentation", "attention_augment", "tta", "tta_flip", "resume",
-             "thread_loader", "compile", "validate_data", "amp", "channels_last", "deterministic")  # fmt: skip
-    parser = parsed(tiny_dataset, tmp_path, center_loss_weight=0.0, **dict.fromkeys(names, text))
-    switches = parser.get_parsed_content("switches")
-    assert all(switches[name] is expected for name in names)
+@pytest.mark.parametrize("value", [False, True])
+def test_every_switch_reaches_its_item(tiny_dataset, tmp_path, value):
+    parser = parsed(tiny_dataset, tmp_path, center_loss_weight=0.0, **dict.fromkeys(SWITCHES, value))
     net = parser.get_parsed_content("network_def")
-    assert net.cal is expected and net.return_features is expected  # return_features follows attention_augment
-    assert parser.get_parsed_content("train#inferer").enabled is expected
+    assert net.cal is value and net.return_features is value  # return_features follows attention_augment
+    assert parser.get_parsed_content("train#inferer").enabled is value
     tta = parser.get_parsed_content("validate#inferer")
-    assert tta.enabled is expected and tta.flip is expected
-    assert len(parser.get_parsed_content("train#spatial_augmentation")) == int(expected)
-    assert (parser.get_parsed_content("train#sampler") is not None) is expected
+    assert tta.enabled is value and tta.flip is value
+    assert len(parser.get_parsed_content("spatial_augmentation_transforms")) == int(value)  # _disabled_
+    assert (parser.get_parsed_content("train#sampler") is not None) is value
     loader = parser.get_parsed_content("train#dataloader")
-    assert isinstance(loader, ThreadDataLoader) is expected and isinstance(loader, DataLoader)
-    assert parser.get_parsed_content("train#trainer#compile") is expected
+    assert isinstance(loader, ThreadDataLoader) is value and isinstance(loader, DataLoader)
+    assert parser.get_parsed_content("train#trainer#compile") is value
     checkpoint = parser.get_parsed_content("train#handlers")[-1]
-    assert checkpoint.resume is expected
+    assert checkpoint.resume is value
     report = parser.get_parsed_content("data_check")
-    assert (report is not None) is expected  # off: the check is skipped
+    assert (report is not None) is value  # off: the check is skipped
 
 
-def test_unclear_switch_names_the_setting(tiny_dataset, tmp_path):
-    """The error passes through MONAI's instantiation as one message (SystemExit), not a wrapped traceback."""
-    parser = parsed(tiny_dataset, tmp_path, cal="sometimes")
-    with pytest.raises(SystemExit) as error:
-        parser.get_parsed_content("network_def")
-    assert str(error.value) == "--cal 'sometimes': not a true/false switch value. Fix: use --cal true or --cal false"
+@pytest.mark.parametrize("text", ["false", "true", "no", "0"])
+def test_switch_typed_as_text_is_named_with_its_fix(text):
+    config = ConfigParser.load_config_files([str(CONFIGS / "train.json")])
+    problems = override_problems(config, {"cal": text, "epochs": 2, "tta": False})
+    assert [key for key, _, _ in problems] == ["cal"]
+    _, problem, instead = problems[0]
+    expected = "False" if text in ("false", "no", "0") else "True"
+    assert f"'{text}'" in problem and instead == f"cal {expected}"
 
 
-def _strings(node, key=""):
-    """(id, text) of every string in a config, ids joined with '#'."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _strings(v, f"{key}#{k}" if key else k)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _strings(v, f"{key}#{i}")
-    elif isinstance(node, str):
-        yield key, node
-
-
-def test_switch_values_are_read_only_through_switches():
-    """A config item that refers to a switch value directly (``@cal``) would hand the code unconverted text."""
-    configs = {path.name: json.loads(path.read_text()) for path in sorted(CONFIGS.glob("*.json"))}
-    configs.pop("metadata.json")
-    names = set()
-    for config in configs.values():
-        names |= {k for k in config.get("switches", {}) if not k.startswith("_")}
-        names |= {k.split("#", 1)[1] for k in config if k.startswith("switches#")}
-    assert {"cal", "tta", "use_tabular", "sync_batchnorm", "plots"} <= names
-    pattern = re.compile(r"@(%s)\b(?!#)" % "|".join(sorted(names)))
-    direct = [
-        (name, key, text)
-        for name, config in configs.items()
-        for key, text in _strings(config)
-        if pattern.search(text) and not key.startswith("switches")
-    ]
-    assert direct == []
+@pytest.mark.slow
+def test_switch_typed_as_text_stops_the_command_line(tiny_dataset, tmp_path):
+    proc = run_bundle(
+        "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset), "--ckpt_dir",
+        str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--cal", "false", *TINY_OVERRIDES,
+        check=False, timeout=180,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in log, log[-3000:]
+    assert "--cal" in log and "write --cal False instead of --cal" in log, log[-3000:]
+    assert not (tmp_path / "models").exists()

@@ -55,6 +55,7 @@ RUNNER_KEYS = frozenset(
     }
 )  # fmt: skip
 _RUN_COMMANDS = ("run", "run_workflow")
+_FALSE_WORDS = ("false", "no", "off", "0", "none", "null", "")
 # the positional arguments of `run`, in order (fire fills them before the keyword ones)
 _POSITIONAL = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
 
@@ -129,13 +130,33 @@ def _key_problem(config: Mapping[str, Any], key: str) -> tuple[str, str | None] 
     return None
 
 
+def _switch_problem(config: Mapping[str, Any], key: str, value: Any) -> tuple[str, str] | None:
+    """
+    Why ``value`` cannot set the on/off setting ``key`` (a JSON boolean in ``config``), and the override to write
+    instead: the command line turns only ``True``/``False`` into bools, and Python reads any other text as true.
+    None when ``key`` is no boolean or ``value`` is not text.
+    """
+    node: Any = config
+    for part in key.split("#"):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    if not isinstance(node, bool) or not isinstance(value, str):
+        return None
+    meant = "False" if value.strip().lower() in _FALSE_WORDS else "True"
+    return f"'{value}' is text; an on/off setting takes True or False", f"{key} {meant}"
+
+
 def override_problems(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
-    """``(key, problem, nearest key)`` for each override key that is no key of the merged ``config``."""
+    """
+    ``(key, problem, nearest key)`` for each override key that is no key of the merged ``config``, and for each
+    on/off setting given as text (``--cal false``; the nearest key is then the override to write, ``cal False``).
+    """
     problems = []
-    for key in overrides:
+    for key, value in overrides.items():
         if key in RUNNER_KEYS or key.startswith("_meta_"):
             continue
-        found = _key_problem(config, key)
+        found = _key_problem(config, key) or _switch_problem(config, key, value)
         if found is not None:
             problems.append((key, *found))
     return problems
@@ -180,13 +201,18 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     if not problems:
         return
     what = ", ".join(f"--{key}" for key, _, _ in problems)
-    problem = "; ".join(p + (f" (nearest: '{near}')" if near else "") for _, p, near in problems)
-    fixes = [
-        f"write --{near} instead of --{key}" if near else f"remove --{key} or correct it" for key, _, near in problems
-    ]
+    texts, fixes = [], []
+    for key, text, near in problems:
+        fixes.append(f"write --{near} instead of --{key}" if near else f"remove --{key} or correct it")
+        if _key_problem(config, key) is not None:  # no key of the configs
+            nearest = f" (nearest: '{near}')" if near else ""
+            texts.append(f"{text}{nearest}, so it would be silently ignored (configs: {config_file})")
+        else:  # an on/off setting given as text
+            fixes[-1] += f" {overrides[key]}"
+            texts.append(f"--{key} {text} (the command line reads only True and False as bools)")
     stop(
         f"command-line override {what}",
-        f"{problem}, so it would be silently ignored (configs: {config_file})",
+        "; ".join(texts),
         "; ".join(fixes) + " (the Settings table in README.md lists the keys; nested keys are written a#b)",
     )
 

@@ -1,13 +1,16 @@
 # Copyright (c) 2026 cal_3d_classification contributors
 # Licensed under the Apache License, Version 2.0; see the LICENSE file.
 
-"""Small glue between the configs and MONAI's engines, where a config expression alone would be unreadable."""
+"""
+The run's setting-up: PyTorch's thread count and deterministic kernels, mixed precision, and the key metric that
+selects the best model.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,8 +20,6 @@ from .errors import stop
 __all__ = [
     "AMP_DTYPES",
     "split_metrics",
-    "read_switches",
-    "optional_items",
     "use_deterministic_algorithms",
     "set_num_threads",
     "amp_enabled",
@@ -28,9 +29,6 @@ __all__ = [
 AMP_DTYPES = ("bfloat16", "float16")
 
 logger = logging.getLogger(__name__)
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0", "none", "null", "")
 
 
 def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -43,38 +41,9 @@ def split_metrics(metrics: Mapping[str, Any], key: str) -> tuple[dict[str, Any],
     return {key: metrics[key]}, {k: v for k, v in metrics.items() if k != key}
 
 
-def read_switches(**switches: Any) -> dict[str, bool]:
-    """
-    Every on/off setting of a config as a real ``bool``, converted once where the config is read: the configs hold
-    ``"switches": {"_target_": "scripts.run.engine.read_switches", "cal": "@cal", ...}`` and their consumers read
-    ``"$@switches['cal']"``, so that the code they reach gets plain bools.
-
-    ``python -m monai.bundle run ... --cal false`` passes the string ``"false"`` (the command line parser only turns
-    ``False`` into a bool), which Python would take as true: ``true``/``false``, ``yes``/``no``, ``on``/``off`` and
-    ``1``/``0`` are accepted in any case, as are bools, 0/1 and null (off); any other value is an error that names
-    the setting.
-    """
-    return {name: _switch(name, value) for name, value in switches.items()}
-
-
-def _switch(name: str, value: Any) -> bool:
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE + _FALSE:
-            return text in _TRUE
-    elif value is None or isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
-        return bool(value)
-    stop(f"--{name} {value!r}", "not a true/false switch value", f"use --{name} true or --{name} false")
-
-
-def optional_items(items: Sequence[Any], enabled: bool) -> list[Any]:
-    """``items`` as a list when ``enabled``, else an empty list: an optional config block."""
-    return list(items) if enabled else []
-
-
 def use_deterministic_algorithms(enabled: bool) -> None:
     """
-    With ``enabled`` (``--deterministic true``), make PyTorch use deterministic kernels only (an error where an
+    With ``enabled`` (``--deterministic True``), make PyTorch use deterministic kernels only (an error where an
     operation has none) and set the cuBLAS workspace that deterministic CUDA matrix products need.
     """
     if enabled:
