@@ -11,8 +11,8 @@ Re-identification", ICCV 2021.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,67 @@ from torch import nn
 from .backbones import build_backbone
 from .tabular_net import TabularEncoder
 
-__all__ = ["EPSILON", "COUNTERFACTUALS", "signed_sqrt_normalize", "counterfactual_attention", "BAP3D", "CALNet"]
+__all__ = [
+    "EPSILON",
+    "COUNTERFACTUALS",
+    "CAL_OUTPUT_KEYS",
+    "CALOutput",
+    "cal_output",
+    "factual_logits",
+    "signed_sqrt_normalize",
+    "counterfactual_attention",
+    "BAP3D",
+    "CALNet",
+]
 
 EPSILON = 1e-6
 COUNTERFACTUALS = ("random", "uniform", "reversed", "shuffle", "sparse")
+
+
+class CALOutput(TypedDict):
+    """
+    What :class:`CALNet` returns in ``train()`` mode, and what :class:`scripts.losses.CALLoss` reads: a dict whose
+    keys are always these (:data:`CAL_OUTPUT_KEYS`), a field that does not apply being None, never absent. In the
+    terms of the design notes, for B cases, K classes, M attention maps of C channels:
+
+    - ``logits``: the factual prediction Y(A), (B, K);
+    - ``counterfactual_logits``: Y(Ā), (B, K), under the counterfactual attention Ā; None with ``cal=False``;
+    - ``effect``: Y(A) - Y(Ā), (B, K), what the effect cross-entropy reads; None with ``cal=False``;
+    - ``features``: the feature matrix f, (B, M*C), with ``return_features`` (the centre loss); None otherwise;
+    - ``attentions``: the attention maps A, (B, M, d, h, w), with ``return_features`` (attention-guided crop/drop);
+      None otherwise, and None once :class:`scripts.recipe.AttentionAugmentInferer` has used them;
+    - ``aug_logits``, ``aug_effect``: (B, 2, K), the logits and effects of the crop and drop copies of each case,
+      filled by :class:`scripts.recipe.AttentionAugmentInferer` (``aug_effect`` only with ``cal=True``); the
+      network itself leaves them None.
+
+    A plain dict rather than a dataclass: MONAI's engines decollate the prediction (``decollate_batch`` splits a
+    dict per case and cannot split a dataclass), DDP and ``torch.compile`` traverse dicts, and TorchScript compiles
+    ``Dict[str, Optional[Tensor]]``. Build one with :func:`cal_output`.
+    """
+
+    logits: torch.Tensor
+    counterfactual_logits: torch.Tensor | None
+    effect: torch.Tensor | None
+    features: torch.Tensor | None
+    attentions: torch.Tensor | None
+    aug_logits: torch.Tensor | None
+    aug_effect: torch.Tensor | None
+
+
+CAL_OUTPUT_KEYS: tuple[str, ...] = tuple(CALOutput.__annotations__)
+
+
+def cal_output(logits: torch.Tensor, **fields: torch.Tensor | None) -> CALOutput:
+    """
+    A :class:`CALOutput` with the factual ``logits`` (B, K) and the given fields, every other field None; e.g. a
+    plain classifier's training logits (the tabular-only model) as the loss reads them.
+    """
+    unknown = sorted(set(fields) - set(CAL_OUTPUT_KEYS))
+    if unknown:
+        raise KeyError(f"not fields of CALOutput: {unknown}; the fields are {CAL_OUTPUT_KEYS}.")
+    output = dict.fromkeys(CAL_OUTPUT_KEYS)
+    output.update(fields, logits=logits)
+    return output  # type: ignore[return-value]
 
 
 def signed_sqrt_normalize(x: torch.Tensor, eps: float = EPSILON) -> torch.Tensor:
@@ -145,12 +202,14 @@ class CALNet(nn.Module):
     CAL classifier: backbone feature map F -> M attention maps ``A = conv1x1x1(F)`` -> ``BAP3D(F, A)`` ->
     ``fc(scale * f)``.
 
-    In ``train()`` mode with ``cal=True`` the forward returns ``{"logits": Y(A), "effect": Y(A) - Y(Ā)}``, the two
-    feature matrices coming from one ``self.bap(features, attentions)`` call (Ā: the configured counterfactual, see
-    :func:`counterfactual_attention`); with ``cal=False`` (the baseline: the same network trained with plain
-    cross-entropy) and in ``eval()`` mode it returns the logits (B, num_classes) only, and no counterfactual is
-    computed. :meth:`forward_attention` also returns the attention maps. The tabular-only model of the modality
-    comparison is :class:`scripts.tabular_net.TabularClassifier`.
+    In ``train()`` mode the forward always returns a :class:`CALOutput` (a dict with fixed keys, the ones that do
+    not apply None): with ``cal=True``, ``logits`` Y(A), ``counterfactual_logits`` Y(Ā) and ``effect``
+    Y(A) - Y(Ā), the two feature matrices coming from one ``self.bap(features, attentions)`` call (Ā: the
+    configured counterfactual, see :func:`counterfactual_attention`); with ``cal=False`` (the baseline: the same
+    network trained with plain cross-entropy) ``logits`` only, and no counterfactual is computed. In ``eval()``
+    mode it returns the logits tensor (B, num_classes) alone, without the counterfactual, so that evaluation,
+    TorchScript and MONAI Label see a plain classifier. :meth:`forward_attention` also returns the attention maps.
+    The tabular-only model of the modality comparison is :class:`scripts.tabular_net.TabularClassifier`.
 
     Args:
         num_classes: number of output classes.
@@ -175,8 +234,8 @@ class CALNet(nn.Module):
             ``missing_indicator``, and the training split's ``mean`` and ``std``).
         return_features: in ``train()`` mode, also return the feature matrix f (B, M*C) as ``"features"`` and the
             attention maps A (B, M, d, h, w) as ``"attentions"`` (what the original recipe's centre loss and
-            attention-guided crop/drop need, see :mod:`scripts.recipe`); the output is then a dict even with
-            ``cal=False``. Eval mode still returns the logits tensor.
+            attention-guided crop/drop need, see :mod:`scripts.recipe`); without it both are None. Eval mode still
+            returns the logits tensor.
 
     Multimodal fusion is a concatenation of the image embedding ``scale * f`` and the tabular embedding ``e(t)``
     read by one linear classifier, written as ``fc(scale * f) + tabular_fc(e(t))``. The counterfactual branch
@@ -258,10 +317,13 @@ class CALNet(nn.Module):
             logits = logits + extra
         return logits, attentions
 
-    def forward(self, x: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, tabular: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor | None]:
         """
         Images (B, in_channels, D, H, W) (and tabular values (B, L) when the network has the tabular branch) ->
-        logits (B, num_classes); in CAL training (or with ``return_features``), a dict (see class doc).
+        in ``eval()`` mode, logits (B, num_classes); in ``train()`` mode, a :class:`CALOutput` (see class doc;
+        annotated as the dict it is, which TorchScript compiles).
         """
         features = self.backbone(x)
         attentions = self.attention(features)
@@ -275,18 +337,33 @@ class CALNet(nn.Module):
         extra = self.tabular_logits(tabular)
         if extra is not None:
             logits = logits + extra
-        if not (self.training and (self.cal or self.return_features)):
+        if not self.training:
             return logits
-        output: dict[str, torch.Tensor] = {"logits": logits}
+        counterfactual_logits: torch.Tensor | None = None
+        effect: torch.Tensor | None = None
         if counterfactual_matrix is not None:
-            # Y(A, t) - Y(Ā, t): the same tabular term on both sides cancels
-            output["effect"] = image_logits - self.classify(counterfactual_matrix)
-        if self.return_features:
-            output["features"] = matrix
-            output["attentions"] = attentions
+            counterfactual_image_logits = self.classify(counterfactual_matrix)
+            # Y(A, t) - Y(Ā, t): the same tabular term on both sides cancels, so it is left out of the difference
+            effect = image_logits - counterfactual_image_logits
+            counterfactual_logits = counterfactual_image_logits
+            if extra is not None:
+                counterfactual_logits = counterfactual_image_logits + extra
+        # a CALOutput: every key always present (keep in step with CAL_OUTPUT_KEYS)
+        output: dict[str, torch.Tensor | None] = {
+            "logits": logits,
+            "counterfactual_logits": counterfactual_logits,
+            "effect": effect,
+            "features": matrix if self.return_features else None,
+            "attentions": attentions if self.return_features else None,
+            "aug_logits": None,
+            "aug_effect": None,
+        }
         return output
 
 
-def factual_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    """The factual logits of a network output, whether the plain tensor (eval, baseline) or CAL's training dict."""
-    return output["logits"] if isinstance(output, dict) else output
+def factual_logits(output: torch.Tensor | Mapping[str, Any]) -> torch.Tensor:
+    """
+    The factual logits Y(A) of a network output: ``output["logits"]`` of a :class:`CALOutput` (training, whole or
+    decollated per case, as ``train#postprocessing`` sees it), or the eval-mode logits tensor itself.
+    """
+    return output if isinstance(output, torch.Tensor) else output["logits"]

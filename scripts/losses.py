@@ -10,10 +10,13 @@ copies of the input (see :mod:`scripts.recipe`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cal_net import CAL_OUTPUT_KEYS, CALOutput
 
 __all__ = ["CenterLoss", "CALLoss"]
 
@@ -62,19 +65,18 @@ class CALLoss(nn.Module):
     """
     ``factual_weight * CE(Y(A), y) + effect_weight * CE(Y(A) - Y(Ā), y)``; the seed's weights are 1/3 and 1.
 
-    ``output`` is what :class:`scripts.cal_net.CALNet` returns in training: a dict with ``"logits"`` and
-    ``"effect"`` (B, num_classes), or a plain logits tensor when CAL is off, which gets plain cross-entropy.
-    ``target`` holds class indices, (B,) or (B, 1).
+    ``output`` is a :class:`scripts.cal_net.CALOutput`, what :class:`scripts.cal_net.CALNet` returns in training
+    (and :class:`scripts.recipe.AttentionAugmentInferer` passes on; a plain classifier's logits are wrapped by
+    :func:`scripts.cal_net.cal_output`); ``target`` holds class indices, (B,) or (B, 1). Its ``"effect"``
+    (B, num_classes) is None when CAL is off: the factual logits then get plain cross-entropy (weight 1).
 
-    The original recipe's terms are added when the output carries what they need:
+    The original recipe's terms are added when their fields are not None:
 
     - ``"features"`` (B, K) and ``center_weight > 0``: ``center_weight *`` :class:`CenterLoss`;
     - ``"aug_logits"`` (B, A, num_classes), logits of A augmented copies of each case
       (:class:`scripts.recipe.AttentionAugmentInferer`): ``augment_weight * CE(aug_logits, y)``, and the effect
       term is taken over the raw and augmented effects together (``"aug_effect"``), as in the original:
       ``CE(raw)/3 + CE(effect over raw and augmented) + CE(augmented) * 2/3 + centre loss``.
-
-    A dict without ``"effect"`` (CAL off, recipe on) weighs the raw cross-entropy by 1.
 
     Args:
         factual_weight: weight of the factual cross-entropy (with CAL on).
@@ -117,26 +119,37 @@ class CALLoss(nn.Module):
         weight = None if self.class_weights is None else self.class_weights.to(logits)
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
-    def forward(self, output: torch.Tensor | dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output: CALOutput, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of a :class:`scripts.cal_net.CALOutput` against class indices ``target`` (B,) or (B, 1)."""
+        _check_output(output)
         target = torch.as_tensor(target).reshape(-1).long()
-        if not isinstance(output, dict):
-            return self.cross_entropy(output, target)
-        aug_logits = output.get("aug_logits")
+        aug_logits, aug_effect, effect = output["aug_logits"], output["aug_effect"], output["effect"]
         aug_target = None
         if aug_logits is not None:
             aug_target = target.to(aug_logits.device).repeat_interleave(aug_logits.shape[1])
             aug_logits = aug_logits.reshape(-1, aug_logits.shape[-1])
-        if "effect" in output:
+        if effect is not None:
             loss = self.factual_weight * self.cross_entropy(output["logits"], target)
-            effect, effect_target = output["effect"], target
-            if aug_target is not None and "aug_effect" in output:
-                aug_effect = output["aug_effect"].reshape(-1, effect.shape[-1])
+            effect_target = target
+            if aug_target is not None and aug_effect is not None:
+                aug_effect = aug_effect.reshape(-1, effect.shape[-1])
                 effect, effect_target = torch.cat([effect, aug_effect]), torch.cat([target, aug_target])
             loss = loss + self.effect_weight * self.cross_entropy(effect, effect_target)
         else:
             loss = self.cross_entropy(output["logits"], target)
         if aug_logits is not None:
             loss = loss + self.augment_weight * self.cross_entropy(aug_logits, aug_target)
-        if self.center_loss is not None and "features" in output:
+        if self.center_loss is not None and output["features"] is not None:
             loss = loss + self.center_weight * self.center_loss(output["features"], target)
         return loss
+
+
+def _check_output(output: Any) -> None:
+    """Raise a TypeError naming what to do unless ``output`` is a :class:`scripts.cal_net.CALOutput`."""
+    if isinstance(output, dict) and set(output) == set(CAL_OUTPUT_KEYS):
+        return
+    got = f"a dict with keys {sorted(output)}" if isinstance(output, dict) else type(output).__name__
+    raise TypeError(
+        f"CALLoss reads a CALOutput (a dict with the keys {CAL_OUTPUT_KEYS}), what CALNet returns in train() mode; "
+        f"got {got}. Wrap a plain classifier's logits with scripts.cal_net.cal_output(logits)."
+    )

@@ -29,6 +29,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .attention import attention_map
+from .cal_net import CALOutput, cal_output
 from .data.loading import plain_tensor
 from .run.distributed import unwrap_network
 
@@ -130,14 +131,17 @@ def attention_drop(images: torch.Tensor, maps: torch.Tensor, theta: float | Sequ
 
 class AttentionAugmentInferer(Inferer):
     """
-    Training inferer of the original recipe. Runs the network on the batch; with ``enabled``, draws a crop and a
+    Training inferer of the original recipe; returns a :class:`scripts.cal_net.CALOutput` in every setting, what
+    :class:`scripts.losses.CALLoss` reads. Runs the network on the batch; with ``enabled``, draws a crop and a
     drop copy of every case from its attention maps (:func:`select_attention_maps`, :func:`attention_crop`,
     :func:`attention_drop`, no gradient) and runs the network on both copies in a second pass. Returns the first
-    pass's output (``"attentions"`` removed) plus ``"aug_logits"`` (B, 2, num_classes): the crop's and the drop's
-    logits, and ``"aug_effect"`` (B, 2, num_classes) when the network computes the counterfactual effect.
-    Disabled, it is a plain forward pass (as ``SimpleInferer``).
+    pass's output with ``"attentions"`` set to None (used up) and ``"aug_logits"`` (B, 2, num_classes) set to the
+    crop's and the drop's logits, and ``"aug_effect"`` (B, 2, num_classes) to their effects when the network
+    computes the counterfactual (None otherwise). Disabled, it is a plain forward pass (as ``SimpleInferer``). A
+    plain classifier's logits tensor (the tabular-only model) becomes a :class:`~scripts.cal_net.CALOutput` with
+    ``logits`` alone (:func:`scripts.cal_net.cal_output`).
 
-    The network must return its attention maps in training (``CALNet(return_features=True)``).
+    With ``enabled`` the network must return its attention maps in training (``CALNet(return_features=True)``).
 
     Args:
         enabled: run the attention-guided crop/drop pass.
@@ -159,30 +163,37 @@ class AttentionAugmentInferer(Inferer):
         self.crop_padding = crop_padding
         self.drop_theta = drop_theta
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> CALOutput:
         if not self.enabled:
-            return network(inputs, *args, **kwargs)
+            return _as_cal_output(network(inputs, *args, **kwargs))
         inputs = plain_tensor(inputs)  # cropping and re-batching cases must not touch per-case meta dicts
-        output = network(inputs, *args, **kwargs)
-        if not isinstance(output, dict) or "attentions" not in output:
+        output = _as_cal_output(network(inputs, *args, **kwargs))
+        attentions = output["attentions"]
+        if attentions is None:
             raise ValueError(
                 "attention-guided crop/drop needs the attention maps in the network's training output: build the "
                 "network with return_features=True (in the configs this follows --attention_augment true)."
             )
-        output = dict(output)
-        attentions = output.pop("attentions")
         with torch.no_grad():
             maps = select_attention_maps(attentions, 2)
             crops = attention_crop(inputs, maps[:, :1], self.crop_theta, self.crop_padding)
             drops = attention_drop(inputs, maps[:, 1:], self.drop_theta)
         twice = [_repeat_batch(a) for a in args], {k: _repeat_batch(v) for k, v in kwargs.items()}
-        aug = network(torch.cat([crops, drops]), *twice[0], **twice[1])  # extra inputs (tabular) for both copies
+        # extra inputs (tabular) for both copies
+        aug = _as_cal_output(network(torch.cat([crops, drops]), *twice[0], **twice[1]))
         b = inputs.shape[0]
-        aug_logits = aug["logits"] if isinstance(aug, dict) else aug
+        aug_logits, aug_effect = aug["logits"], aug["effect"]
+        output = CALOutput(**output)  # a copy: the network's own dict stays as it returned it
+        output["attentions"] = None
         output["aug_logits"] = torch.stack([aug_logits[:b], aug_logits[b:]], dim=1)
-        if isinstance(aug, dict) and "effect" in aug:
-            output["aug_effect"] = torch.stack([aug["effect"][:b], aug["effect"][b:]], dim=1)
+        if aug_effect is not None:
+            output["aug_effect"] = torch.stack([aug_effect[:b], aug_effect[b:]], dim=1)
         return output
+
+
+def _as_cal_output(output: Any) -> CALOutput:
+    """A network's training output as a CALOutput: CALNet's as it is, a plain classifier's logits wrapped."""
+    return cal_output(output) if isinstance(output, torch.Tensor) else output
 
 
 def _repeat_batch(value: Any) -> Any:

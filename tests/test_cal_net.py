@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 
 import scripts.cal_net as cal_net
-from scripts.cal_net import BAP3D, COUNTERFACTUALS, CALNet, counterfactual_attention, factual_logits
+from scripts.cal_net import (
+    BAP3D,
+    CAL_OUTPUT_KEYS,
+    COUNTERFACTUALS,
+    CALNet,
+    cal_output,
+    counterfactual_attention,
+    factual_logits,
+)
 
 TINY_VIT = {"patch_size": 4, "hidden_size": 16, "mlp_dim": 32, "num_layers": 1, "num_heads": 2}
 TINY_BACKBONES = {
@@ -161,8 +169,10 @@ def test_train_mode_returns_factual_and_effect_logits():
     net = tiny_net().train()
     x = torch.randn(2, 1, 16, 16, 16)
     out = net(x)
-    assert set(out) == {"logits", "effect"}
-    assert out["logits"].shape == out["effect"].shape == (2, 3)
+    assert set(out) == set(CAL_OUTPUT_KEYS)
+    assert out["logits"].shape == out["effect"].shape == out["counterfactual_logits"].shape == (2, 3)
+    assert all(out[k] is None for k in ("features", "attentions", "aug_logits", "aug_effect"))
+    torch.testing.assert_close(out["effect"], out["logits"] - out["counterfactual_logits"])
     # the effect is Y(A) - Y(Ā): recompute Y(Ā) from the same features with the same random draw
     state = net.bap.generator.get_state()
     out = net(x)
@@ -203,11 +213,18 @@ def test_eval_mode_returns_logits_and_computes_no_counterfactual(monkeypatch):
     assert attentions.shape == (2, 4, 4, 4, 4)
 
 
-def test_cal_off_is_the_plain_baseline():
+def test_cal_off_is_the_plain_baseline(monkeypatch):
     net = tiny_net(cal=False).train()
-    out = net(torch.randn(2, 1, 16, 16, 16))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
-    torch.testing.assert_close(factual_logits(out), out)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the counterfactual branch ran with cal=False")
+
+    monkeypatch.setattr(cal_net.BAP3D, "forward", forbidden)
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = net(x)
+    assert out["logits"].shape == (2, 3) and out["effect"] is None and out["counterfactual_logits"] is None
+    torch.testing.assert_close(factual_logits(out), out["logits"])
+    torch.testing.assert_close(factual_logits(net.eval()(x)), net(x))  # the eval tensor passes through
 
 
 def test_gradients_reach_backbone_and_attention():
@@ -272,8 +289,40 @@ def test_torchscript_matches_eager_in_eval():
 def test_cal_flag_switches_the_training_output():
     """``cal=False`` (``--cal false``, converted by the configs' switches) is a plain classifier in training."""
     x = torch.randn(2, 1, 16, 16, 16)
-    assert isinstance(tiny_net(cal=False).train()(x), torch.Tensor)
-    assert isinstance(tiny_net(cal=True).train()(x), dict)
+    assert tiny_net(cal=False).train()(x)["effect"] is None
+    assert tiny_net(cal=True).train()(x)["effect"] is not None
+
+
+@pytest.mark.parametrize("cal", [True, False])
+@pytest.mark.parametrize("return_features", [True, False])
+@pytest.mark.parametrize("tabular", [0, 3])
+def test_training_output_has_fixed_fields_and_eval_returns_a_tensor(cal, return_features, tabular):
+    """One training type whatever the settings (fields that do not apply are None), a plain tensor in eval."""
+    net = tiny_net(cal=cal, return_features=return_features, tabular_features=tabular).train()
+    args = (torch.randn(2, 1, 16, 16, 16),) + ((torch.rand(2, tabular),) if tabular else ())
+    out = net(*args)
+    assert type(out) is dict and tuple(out) == CAL_OUTPUT_KEYS
+    assert out["logits"].shape == (2, 3)
+    for key in ("counterfactual_logits", "effect"):
+        assert (out[key] is not None) is cal and (not cal or out[key].shape == (2, 3))
+    assert (out["features"] is not None) is return_features and (out["attentions"] is not None) is return_features
+    assert out["aug_logits"] is None and out["aug_effect"] is None
+    if cal:  # Y(A, t) - Y(Ā, t), up to rounding (the tabular term cancels exactly in the stored effect)
+        torch.testing.assert_close(out["effect"], out["logits"] - out["counterfactual_logits"])
+    logits = net.eval()(*args)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+    scripted = torch.jit.script(net)
+    torch.testing.assert_close(scripted(*args), logits)
+    assert set(scripted.train()(*args)) == set(CAL_OUTPUT_KEYS)
+
+
+def test_cal_output_fills_the_missing_fields_with_none():
+    logits = torch.zeros(2, 3)
+    out = cal_output(logits, effect=logits)
+    assert tuple(out) == CAL_OUTPUT_KEYS and out["logits"] is logits and out["effect"] is logits
+    assert all(out[k] is None for k in CAL_OUTPUT_KEYS if k not in ("logits", "effect"))
+    with pytest.raises(KeyError, match="aug_effects"):
+        cal_output(logits, aug_effects=logits)
 
 
 @pytest.mark.parametrize("num_stages, grid, channels", [(3, 4, 32), (4, 2, 64)])

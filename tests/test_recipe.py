@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from scripts.cal_net import CALNet
+from scripts.cal_net import CAL_OUTPUT_KEYS, CALNet, cal_output
 from scripts.losses import CALLoss, CenterLoss
 from scripts.recipe import (
     AttentionAugmentInferer,
@@ -110,10 +110,12 @@ def test_network_exposes_features_and_attentions_only_when_asked():
     x = torch.rand(2, 1, 16, 16, 16)
     net = _net(return_features=True).train()
     out = net(x)
-    assert set(out) == {"logits", "effect", "features", "attentions"}
+    assert set(out) == set(CAL_OUTPUT_KEYS)
     assert out["features"].shape == (2, 4 * 16) and out["attentions"].shape == (2, 4, 4, 4, 4)
-    assert set(_net(cal=False, return_features=True).train()(x)) == {"logits", "features", "attentions"}
-    assert set(_net().train()(x)) == {"logits", "effect"}  # the default is unchanged
+    out = _net(cal=False, return_features=True).train()(x)
+    assert out["effect"] is None and out["features"] is not None and out["attentions"] is not None
+    out = _net().train()(x)  # the default is unchanged: no features nor attentions
+    assert out["effect"] is not None and out["features"] is None and out["attentions"] is None
     logits = net.eval()(x)
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
     scripted = torch.jit.script(net)
@@ -124,7 +126,8 @@ def test_augment_inferer_adds_crop_and_drop_logits_and_the_loss_uses_them():
     net = _net(return_features=True).train()
     x, y = torch.rand(3, 1, 16, 16, 16), torch.tensor([0, 1, 2])
     out = AttentionAugmentInferer()(x, net)
-    assert set(out) == {"logits", "effect", "features", "aug_logits", "aug_effect"}
+    assert set(out) == set(CAL_OUTPUT_KEYS) and out["attentions"] is None  # the attention maps are used up
+    assert out["effect"] is not None and out["features"] is not None
     assert out["aug_logits"].shape == (3, 2, 3) and out["aug_effect"].shape == (3, 2, 3)
     loss_fn = CALLoss(center_weight=1.0, num_classes=3)
     loss = loss_fn(out, y)
@@ -134,7 +137,22 @@ def test_augment_inferer_adds_crop_and_drop_logits_and_the_loss_uses_them():
     # disabled, it is a plain forward pass
     torch.manual_seed(1)
     plain = AttentionAugmentInferer(enabled=False)(x, _net().train())
-    assert set(plain) == {"logits", "effect"}
+    assert set(plain) == set(CAL_OUTPUT_KEYS) and plain["effect"] is not None and plain["aug_logits"] is None
+    # CAL off: crop/drop logits, no augmented effect
+    out = AttentionAugmentInferer()(x, _net(cal=False, return_features=True).train())
+    assert out["aug_logits"].shape == (3, 2, 3) and out["effect"] is None and out["aug_effect"] is None
+
+
+def test_augment_inferer_wraps_a_plain_classifier():
+    """A network returning a logits tensor in training (the tabular-only model) gives the same CALOutput."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16**3, 3)).train()
+    x, y = torch.rand(2, 1, 16, 16, 16), torch.tensor([0, 2])
+    out = AttentionAugmentInferer(enabled=False)(x, net)
+    assert tuple(out) == CAL_OUTPUT_KEYS and out["logits"].shape == (2, 3) and out["effect"] is None
+    expected = torch.nn.functional.cross_entropy(out["logits"], y).detach()
+    assert float(CALLoss()(out, y).detach()) == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="return_features"):
+        AttentionAugmentInferer()(x, net)
 
 
 def test_augment_inferer_explains_a_network_without_attention_output():
@@ -145,12 +163,12 @@ def test_augment_inferer_explains_a_network_without_attention_output():
 def test_recipe_loss_weights_on_known_logits():
     ce = torch.nn.functional.cross_entropy
     y = torch.tensor([0, 1])
-    out = {
-        "logits": torch.tensor([[1.0, 0.0], [0.0, 2.0]]),
-        "effect": torch.tensor([[0.5, 0.0], [0.0, 0.5]]),
-        "aug_logits": torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]),  # (B, crop/drop, C)
-        "aug_effect": torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 3.0], [0.0, 1.0]]]),
-    }
+    out = cal_output(
+        torch.tensor([[1.0, 0.0], [0.0, 2.0]]),
+        effect=torch.tensor([[0.5, 0.0], [0.0, 0.5]]),
+        aug_logits=torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]]),  # (B, crop/drop, C)
+        aug_effect=torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 3.0], [0.0, 1.0]]]),
+    )
     aug_y = torch.tensor([0, 0, 1, 1])
     expected = (
         ce(out["logits"], y) / 3
