@@ -172,7 +172,7 @@ class AttentionAugmentInferer(Inferer):
         if attentions is None:
             raise ValueError(
                 "attention-guided crop/drop needs the attention maps in the network's training output: build the "
-                "network with return_features=True (in the configs this follows --attention_augment true)."
+                "network with return_features=True (in the configs this follows --attention_augment True)."
             )
         with torch.no_grad():
             maps = select_attention_maps(attentions, 2)

@@ -287,7 +287,7 @@ def test_torchscript_matches_eager_in_eval():
 
 
 def test_cal_flag_switches_the_training_output():
-    """``cal=False`` (``--cal false``, converted by the configs' switches) is a plain classifier in training."""
+    """``cal=False`` (``--cal False``) is a plain classifier in training."""
     x = torch.randn(2, 1, 16, 16, 16)
     assert tiny_net(cal=False).train()(x)["effect"] is None
     assert tiny_net(cal=True).train()(x)["effect"] is not None
