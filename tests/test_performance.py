@@ -227,7 +227,7 @@ def test_training_with_cpu_speed_options(tiny_dataset, tmp_path):
         "run", "training", "--config_file", TRAIN, "--dataset_dir", str(tiny_dataset),
         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
         "--dataset_cache", "memory", "--thread_loader", "True", "--num_workers", "1", "--channels_last", "True",
-        "--amp", str(not torch.cuda.is_available()).lower(), *TINY_OVERRIDES,
+        "--amp", str(not torch.cuda.is_available()), *TINY_OVERRIDES,
     )  # fmt: skip
     assert (tmp_path / "models" / "model.pt").is_file()
     if not torch.cuda.is_available():

@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-
 def ensure_datalist(dataset_dir: str | os.PathLike, datalist: str = DATALIST_NAME) -> str:
     """
     Path of ``dataset_dir/datalist``. A folder that does not exist (with the nearest existing name beside it, for a

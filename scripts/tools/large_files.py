@@ -7,7 +7,7 @@ The bundle's files that are not kept in git, listed in ``large_files.yml`` as th
 release; or check that ``train.json``'s defaults train the released weights again, byte for byte::
 
     python -m scripts.tools.large_files download
-    python -m scripts.tools.large_files hashes --write true
+    python -m scripts.tools.large_files hashes --write True
     python -m scripts.tools.large_files check_training
 """
 
@@ -159,7 +159,7 @@ def check_training(bundle_root: str | os.PathLike = ".", timeout: float = 1200, 
             f"{LARGE_FILES} lists {expected} (released with the CPU build of torch {released_with}; this is torch "
             f"{torch.__version__}). Unless train.json's defaults, the embedded data or the PyTorch build changed on "
             "purpose (then release the new weights and record their hash: python -m scripts.tools.large_files hashes "
-            "--write true), training is no longer reproducible."
+            "--write True), training is no longer reproducible."
         )
     print(f"check_training: OK, {WEIGHTS} trained again byte for byte ({hash_type} {found}) in {seconds:.0f} s.")
     return found

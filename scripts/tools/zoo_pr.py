@@ -113,7 +113,7 @@ def build(
     tests = out / "ci" / "unit_tests"
     test_files = [(root / ZOO_TESTS / f"test_{name}{s}.py", tests / f"test_{name}{s}.py") for s in ("", "_dist")]
     if bundle.exists() and not overwrite:
-        raise ZooPRError(f"{bundle} exists; remove it or pass --overwrite true.")
+        raise ZooPRError(f"{bundle} exists; remove it or pass --overwrite True.")
 
     # assemble in a folder beside the target, check sizes, then move into place: a refused build leaves nothing
     out.mkdir(parents=True, exist_ok=True)
