@@ -24,6 +24,7 @@ from scripts.tools.compare import (
     main,
     paired,
     summarize,
+    write_csv,
     write_markdown,
 )
 from tests.conftest import TINY_OVERRIDES
@@ -171,3 +172,31 @@ def test_tables_from_fixed_results(tmp_path):
     text = write_markdown(summary, differences, tmp_path / "c.md")
     assert "| CAL + recipe - baseline + recipe (CAL off) | +0.020 [+0.020, +0.020] p 0.031 |" in text
     assert "argmax only" in text and "val threshold" not in text
+
+
+def test_recorded_runs_are_paired_without_running_again(tmp_path, monkeypatch):
+    """--records: a new row is paired with an earlier comparison's runs.csv; recorded runs are not trained again."""
+    keys = ["accuracy_thr", "val_auc_macro", "best_epoch", "attention_mass", "crop_share", "cos_counterfactual",
+            "cf_margin_sd"]  # fmt: skip
+    recorded = [{**_result("cal", seed, 0.80 + 0.01 * seed, 0.6, 0.5), **dict.fromkeys(keys, 0.5), "best_epoch": 7}
+                for seed in range(6)]  # fmt: skip
+    recorded[0]["threshold"] = None  # an empty cell reads back as None
+    write_csv(recorded, tmp_path / "runs.csv")
+    ran = []
+
+    def fake_run(row, seed, *args):
+        ran.append((row, seed))
+        return {**recorded[seed], "row": row, "auc_macro": recorded[seed]["auc_macro"] + 0.02}
+
+    monkeypatch.setattr("scripts.tools.compare.run_one", fake_run)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "datalist.json").write_text("{}")
+    main(["--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--seeds", "6",
+          "--rows", "cal,cal_sparse", "--records", str(tmp_path / "runs.csv")])  # fmt: skip
+    assert ran == [("cal_sparse", seed) for seed in range(6)]
+    runs = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [(r["row"], r["seed"]) for r in runs] == [(row, str(s)) for s in range(6) for row in ("cal", "cal_sparse")]
+    assert runs[0]["threshold"] == "" and runs[0]["best_epoch"] == "7"
+    sparse = {d["metric"]: d for d in csv.DictReader(open(tmp_path / "out" / "paired.csv")) if d["row"] == "cal_sparse"}
+    assert float(sparse["auc_macro"]["mean"]) == pytest.approx(0.02) and sparse["auc_macro"]["n"] == "6"
+    assert "--records" in (tmp_path / "out" / "command.txt").read_text()

@@ -6,8 +6,7 @@ Does CAL help? Train the same network four ways on the same data, split, seeds, 
 each: the baseline (CAL off, plain cross-entropy), the baseline + the original recipe (CAL off; centre loss,
 attention-guided crop/drop, test-time crop averaging), CAL (the seed's recipe) and CAL + the original recipe.
 Every row sets all four switches (``cal``, ``center_loss_weight``, ``attention_augment``, ``tta``), so that the
-rows do not depend on ``configs/train.json``'s defaults (which are the released recipe). On AdrenalMNIST3D (the
-bundle's default data and network)::
+rows do not depend on ``configs/train.json``'s defaults. On AdrenalMNIST3D (the bundle's default data and network)::
 
     python -m scripts.tools.compare --dataset_dir data/adrenalmnist3d --output_dir eval/compare/adrenal28 --seeds 10
 
@@ -21,7 +20,9 @@ and its equivalent command lines to ``commands.sh`` beside them; its checkpoint 
 ``<row>/seed<k>/models/model.pt``, its test results in ``metrics.json`` and ``predictions.csv`` there and its
 validation results in ``validation/``. A finished step is not repeated (``result.json`` marks a trained and tested
 run, ``validation/predictions.csv`` its validation predictions), so an interrupted comparison resumes where it
-stopped.
+stopped. ``--records runs.csv`` takes the runs of an earlier comparison from its ``runs.csv`` (e.g. one committed to
+``docs/results/``) instead of running them again, so that a new row can be paired with recorded ones; this holds only
+while the bundle still trains those runs byte for byte (rerun one recorded seed to check).
 
 The tables (``comparison.md``; ``comparison.csv`` one line per row, ``paired.csv`` one line per comparison and
 metric, ``runs.csv`` one line per run; ``comparison.png``) give each row's test metrics as mean ± sample standard
@@ -62,6 +63,7 @@ __all__ = [
     "THRESHOLD_METRICS",
     "parse_overrides",
     "run_one",
+    "read_records",
     "best_epoch",
     "summarize",
     "paired",
@@ -78,7 +80,6 @@ EVALUATE = ["configs/evaluate.json"]  # merged on TRAIN (and on the extra config
 # The original recipe's switches (DESIGN.md section 1), and the same switches off.
 RECIPE = {"center_loss_weight": 1.0, "attention_augment": True, "tta": True}
 NO_RECIPE = {"center_loss_weight": 0.0, "attention_augment": False, "tta": False}
-# Row name -> (label, overrides). Every row sets every switch: train.json's defaults are the released recipe.
 # The original optimiser (DESIGN.md section 1): SGD, momentum 0.9, weight decay 1e-5, lr x 0.9 every 2 epochs.
 ORIGINAL_OPTIMISER = {
     "optimizer": {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": "@learning_rate",
@@ -475,6 +476,23 @@ def write_markdown(summary: Sequence[dict], differences: Sequence[dict], path: P
     return text
 
 
+def read_records(paths: Sequence[str | os.PathLike]) -> dict[tuple[str, int], dict]:
+    """
+    The runs of earlier comparisons' ``runs.csv`` files, keyed by (row, seed), with the values :func:`run_one`
+    returns: numbers as floats (``seed`` and ``best_epoch`` as ints), empty cells as None. A later file's run
+    replaces an earlier one's.
+    """
+    records = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for line in csv.DictReader(f):
+                run = {k: (v if k == "row" else None if v == "" else float(v)) for k, v in line.items()}
+                for key in ("seed", "best_epoch"):
+                    run[key] = None if run.get(key) is None else int(run[key])
+                records[(run["row"], run["seed"])] = run
+    return records
+
+
 def write_csv(rows: Sequence[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -528,13 +546,15 @@ def compare(
     overrides: Sequence[str] | dict[str, Any] = (),
     title: str = "",
     configs: Sequence[str] = (),
+    records: Sequence[str | os.PathLike] = (),
 ) -> list[dict]:
     """
     Train and evaluate every row for seeds ``first_seed .. first_seed + seeds - 1`` (seed-major, so that an
-    early stop still leaves comparable rows), then write ``comparison.md``, ``comparison.csv`` (one line per row),
-    ``paired.csv`` (one line per comparison and metric), ``runs.csv`` (one line per run) and ``comparison.png``
-    into ``output_dir``. ``configs``: config files merged on ``configs/train.json`` in every run (paths relative to
-    the bundle's folder, or absolute). Returns the summary.
+    early stop still leaves comparable rows), taking a (row, seed) found in one of the ``records`` files (an earlier
+    comparison's ``runs.csv``) from there instead of running it, then write ``comparison.md``, ``comparison.csv``
+    (one line per row), ``paired.csv`` (one line per comparison and metric), ``runs.csv`` (one line per run) and
+    ``comparison.png`` into ``output_dir``. ``configs``: config files merged on ``configs/train.json`` in every run
+    (paths relative to the bundle's folder, or absolute). Returns the summary.
     """
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -546,15 +566,17 @@ def compare(
     _ensure_data(dataset_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides) if isinstance(overrides, dict) else parse_overrides(overrides)
+    recorded = read_records(records)
     start = time.perf_counter()
     results = []
     with _redirected():
         for seed in range(first_seed, first_seed + seeds):
             for row in rows:
-                result = run_one(row, seed, dataset_dir, output_dir, overrides, configs)
+                result = recorded.get((row, seed)) or run_one(row, seed, dataset_dir, output_dir, overrides, configs)
                 results.append(result)
                 figures = ", ".join(f"{k}={result[k]:.3f}" for k in _names() if result[k] is not None)
-                print(f"[{time.perf_counter() - start:7.0f} s] {row} seed {seed}: {figures}", flush=True)
+                source = " (recorded)" if (row, seed) in recorded else ""
+                print(f"[{time.perf_counter() - start:7.0f} s] {row} seed {seed}{source}: {figures}", flush=True)
     differences = paired(results, rows)
     summary = summarize(results, rows, differences)
     write_csv(results, output_dir / "runs.csv")
@@ -623,13 +645,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="config file merged on configs/train.json in every run, relative to the bundle's folder (repeatable; "
         "e.g. configs/synthetic_attention.json)",
     )
+    parser.add_argument(
+        "--records",
+        action="append",
+        default=[],
+        help="an earlier comparison's runs.csv whose runs are taken instead of run again (repeatable), e.g. "
+        "docs/results/adrenal28_v3/runs.csv to pair a new row with the recorded CAL runs",
+    )
     args = parser.parse_args(own)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_dir) / "command.txt").write_text(
         " ".join(["python -m scripts.tools.compare", *(_quote(a) for a in argv)]) + "\n"
     )
     rows = args.rows.split(",")
-    compare(args.dataset_dir, args.output_dir, args.seeds, rows, args.first_seed, overrides, args.title, args.config)
+    compare(
+        args.dataset_dir,
+        args.output_dir,
+        args.seeds,
+        rows,
+        args.first_seed,
+        overrides,
+        args.title,
+        args.config,
+        args.records,
+    )
 
 
 if __name__ == "__main__":
