@@ -9,7 +9,9 @@ the synthetic fixture made binary), and its tables from fixed run results.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 import statistics
 
@@ -20,6 +22,7 @@ from scripts.tools.compare import (
     DEFAULT_ROWS,
     METRICS,
     ROWS,
+    _redirected,
     best_epoch,
     main,
     paired,
@@ -200,3 +203,20 @@ def test_recorded_runs_are_paired_without_running_again(tmp_path, monkeypatch):
     sparse = {d["metric"]: d for d in csv.DictReader(open(tmp_path / "out" / "paired.csv")) if d["row"] == "cal_sparse"}
     assert float(sparse["auc_macro"]["mean"]) == pytest.approx(0.02) and sparse["auc_macro"]["n"] == "6"
     assert "--records" in (tmp_path / "out" / "command.txt").read_text()
+
+
+def test_console_loggers_made_before_a_comparison_write_into_its_run_logs():
+    # StatsHandler's logger keeps the stdout it first saw: a bundle run earlier in the same process must not send
+    # the epoch metrics (and the "Key metric ... at epoch" line the best epoch is read from) past the run's log
+    logger = logging.getLogger("test_compare.earlier_console_logger")
+    handler = logging.StreamHandler(io.StringIO())
+    logger.addHandler(handler)
+    logger.propagate, console = False, handler.stream
+    try:
+        with _redirected() as (stdout, _):
+            stdout.log = io.StringIO()
+            logger.warning("Key metric: val_auc best value: 0.9 at epoch: 3")
+            assert "at epoch: 3" in stdout.log.getvalue()
+        assert handler.stream is console and console.getvalue() == ""
+    finally:
+        logger.removeHandler(handler)

@@ -41,6 +41,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -182,7 +183,9 @@ class _Redirect(io.TextIOBase):
     """
     Stand-in for ``sys.stdout``/``sys.stderr`` during a comparison: what is written goes to the current run's log
     file while a run is on, to the console otherwise. Log handlers that MONAI creates during a run keep this object
-    as their stream, so their output in later runs lands in those runs' logs too.
+    as their stream, so their output in later runs lands in those runs' logs too; console handlers that existed
+    before the comparison (e.g. StatsHandler's, when a bundle ran earlier in the same process) are pointed at it
+    for the comparison's duration.
     """
 
     def __init__(self, console: TextIO) -> None:
@@ -202,10 +205,19 @@ def _redirected() -> Iterator[tuple[_Redirect, _Redirect]]:
     """Install the :class:`_Redirect` streams for the duration of a comparison."""
     streams = _Redirect(sys.stdout), _Redirect(sys.stderr)
     sys.stdout, sys.stderr = streams
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    console = [h for lg in loggers for h in lg.handlers if type(h) is logging.StreamHandler]
+    before = [h.stream for h in console]
+    for handler in console:
+        handler.stream = streams[1] if handler.stream in (streams[1].console, sys.__stderr__) else streams[0]
     try:
         yield streams
     finally:
         sys.stdout, sys.stderr = streams[0].console, streams[1].console
+        for handler, stream in zip(console, before):
+            handler.stream = stream
 
 
 def _bundle(run_id: str, config_file: Sequence[str], overrides: dict[str, Any], log: Path) -> float:
