@@ -72,7 +72,8 @@ class CALLoss(nn.Module):
 
     The original recipe's terms are added when their fields are not None:
 
-    - ``"features"`` (B, K) and ``center_weight > 0``: ``center_weight *`` :class:`CenterLoss`;
+    - ``"features"`` (B, K) and ``center_weight > 0``: ``center_weight *`` :class:`CenterLoss` (with
+      ``center_weight > 0`` and no features, a ValueError says how to build the network);
     - ``"aug_logits"`` (B, A, num_classes), logits of A augmented copies of each case
       (:class:`scripts.recipe.AttentionAugmentInferer`): ``augment_weight * CE(aug_logits, y)``, and the effect
       term is taken over the raw and augmented effects together (``"aug_effect"``), as in the original:
@@ -139,7 +140,13 @@ class CALLoss(nn.Module):
             loss = self.cross_entropy(output["logits"], target)
         if aug_logits is not None:
             loss = loss + self.augment_weight * self.cross_entropy(aug_logits, aug_target)
-        if self.center_loss is not None and output["features"] is not None:
+        if self.center_loss is not None:
+            if output["features"] is None:
+                raise ValueError(
+                    "the centre loss (center_weight > 0) needs the feature matrix, and the network returned none: "
+                    "build CALNet with return_features=True (train.json sets it when center_loss_weight > 0), or set "
+                    "center_weight to 0."
+                )
             loss = loss + self.center_weight * self.center_loss(output["features"], target)
         return loss
 

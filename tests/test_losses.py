@@ -50,3 +50,14 @@ def test_only_the_cal_output_is_read():
         CALLoss()(logits, target)
     with pytest.raises(TypeError, match="effect"):
         CALLoss()({"logits": logits, "effect": logits}, target)
+
+
+def test_centre_loss_without_features_is_refused_not_skipped():
+    """With the centre loss on, a network that returns no feature matrix is an error naming the fix."""
+    logits, target = torch.randn(2, 3), torch.tensor([0, 1])
+    loss = CALLoss(center_weight=1.0, num_classes=3)
+    with pytest.raises(ValueError, match="return_features=True"):
+        loss(cal_output(logits, effect=logits), target)
+    features = torch.randn(2, 4)
+    with_centre = loss(cal_output(logits, effect=logits, features=features), target)
+    assert float(with_centre) > float(CALLoss()(cal_output(logits, effect=logits), target))
