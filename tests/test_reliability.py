@@ -280,4 +280,5 @@ def test_non_finite_loss_stops_training_and_writes_nothing(trained, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     assert re.search(r"training loss at epoch 1, iteration \d+ \(\d+ of the epoch\): (nan|inf)", proc.stderr)
     assert "--learning_rate" in proc.stderr and "Fix: " in proc.stderr
+    assert (proc.stdout + proc.stderr).count("contains NaN or Inf") == 1  # ignite's warning, once
     assert not (tmp_path / "models" / "model.pt").exists() and not (tmp_path / "models" / "checkpoint.pt").exists()

@@ -629,7 +629,12 @@ class TrainingCheckpoint:
         for quiet in (engine, self.validator):
             if quiet is not None:
                 quiet_input_errors(quiet)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan(_loss))
+        terminate_on_nan = TerminateOnNan(_loss)
+        # ignite gives its logger two console handlers of its own (its warning printed twice): log it once, through
+        # the bundle's logging configuration
+        terminate_on_nan.logger.handlers.clear()
+        terminate_on_nan.logger.propagate = True
+        engine.add_event_handler(Events.ITERATION_COMPLETED, terminate_on_nan)
         engine.add_event_handler(Events.TERMINATE, self.stop_on_nan)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
